@@ -1,0 +1,1 @@
+"""The command-line tool: Typer commands and Rich/JSON rendering. Nothing imports this package."""

@@ -1,0 +1,12 @@
+"""Exit codes of every svdguard command (documented in ``--help`` and the README)."""
+
+OK = 0  #: nothing at or above the ``--fail-on`` level
+FINDINGS = 1  #: findings at or above the ``--fail-on`` level
+USAGE = 2  #: bad arguments, or an input file that cannot be used
+INTERNAL = 3  #: an unexpected error inside svdguard (a bug: please report it with --debug output)
+INTERRUPTED = 130  #: interrupted by Ctrl-C (128 + SIGINT)
+
+EPILOG = (
+    "Exit codes: 0 clean; 1 findings at or above --fail-on; 2 usage or input error; "
+    "3 internal error; 130 interrupted."
+)

@@ -1,0 +1,1 @@
+"""Loaders and writers of matrices and checkpoints; lazy, and never import rich/typer."""

@@ -1,0 +1,1 @@
+"""The math core: torch only, no I/O, no rich/typer."""

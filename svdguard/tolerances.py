@@ -1,0 +1,90 @@
+"""Every numeric threshold of svdguard, derived from the dtype and the shape.
+
+No other module holds a bare tolerance: they call the functions here, so that
+one place documents what "rounding level" means.
+
+Notation: ε = ``torch.finfo(dtype).eps`` of the *real* dtype that the
+computation runs in (float32: 1.19e-7, float64: 2.22e-16); σ_max the largest
+singular value of the matrix at hand; m×n its shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: dtypes that LAPACK/cuSOLVER cannot factor; svdguard computes them in float32.
+LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for complex128, float32 for complex64, the dtype itself otherwise."""
+    return torch.empty((), dtype=dtype).real.dtype if dtype.is_complex else dtype
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an SVD of a ``dtype`` tensor runs in.
+
+    float16/bfloat16 (and the 8-bit float types) are not supported by the SVD
+    drivers, so they are computed (and returned) in float32; complex32 in
+    complex64. Integer and bool inputs are not floating and are rejected by the
+    callers.
+    """
+    if dtype.is_complex:
+        return torch.complex64 if dtype == torch.complex32 else dtype
+    if dtype.is_floating_point and torch.finfo(dtype).bits < 32:
+        return torch.float32
+    return dtype
+
+
+def machine_eps(dtype: torch.dtype) -> float:
+    """ε of ``dtype`` (the real part's for complex dtypes)."""
+    return float(torch.finfo(real_dtype(dtype)).eps)
+
+
+def tie_tolerance(sigma_max: torch.Tensor, dtype: torch.dtype, m: int, n: int) -> torch.Tensor:
+    """Rounding level of singular values: τ = max(m, n) · ε · σ_max.
+
+    A computed SVD is backward stable: each singular value carries an absolute
+    error of order p(m, n)·ε·σ_max (LAPACK Users' Guide §4.9). Two singular
+    values closer than τ, a sum s_i + s_j below τ, or a single s_i below τ
+    cannot be told apart from a tie or from zero, so the ``auto`` backward
+    treats such a denominator as zero (drops its term) and computes every
+    larger one exactly. The same τ is numpy's ``matrix_rank`` tolerance, so
+    "tied", "zero" and "outside the numerical rank" agree.
+
+    ``sigma_max`` is a tensor of shape ``(...,)`` or ``(..., 1)``; the result
+    has the same shape.
+    """
+    return sigma_max * (max(m, n, 1) * machine_eps(dtype))
+
+
+def rank_tolerance(sigma_max: torch.Tensor, dtype: torch.dtype, m: int, n: int) -> torch.Tensor:
+    """Numerical-rank tolerance, numpy's default: max(m, n) · ε · σ_max."""
+    return tie_tolerance(sigma_max, dtype, m, n)
+
+
+def gauge_tolerance(dtype: torch.dtype) -> float:
+    """Relative size of (J + K) inside a tied block above which a loss is gauge dependent.
+
+    For a gauge-invariant loss (J + K)_ij is zero up to rounding, i.e. of order
+    k·ε·‖G‖; a loss on an arbitrary basis gives (J + K)_ij of order ‖G‖. √ε
+    separates the two with many orders of margin on both sides (1.5e-8 in
+    float64, 3.5e-4 in float32).
+    """
+    return math.sqrt(machine_eps(dtype))
+
+
+def complex_phase_tolerance() -> tuple[float, float]:
+    """(rtol, atol) of torch's own check that a complex loss ignores the phase.
+
+    Deliberately lax (torch uses the same 1e-2 in ``linalg_svd_backward``): the
+    check must not fire on rounding, only on a loss that depends on the phase.
+    """
+    return 1e-2, 1e-2
+
+
+def noise_floor(storage_dtype: torch.dtype, sigma_max: float) -> float:
+    """ε(storage) · σ_max: singular values and gaps below this are rounding of the stored entries."""
+    return machine_eps(storage_dtype) * sigma_max

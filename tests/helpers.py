@@ -1,0 +1,95 @@
+"""Independent references for the tests: matrices with chosen spectra, finite differences.
+
+Test tolerances are derived here from the dtype (``svdguard.tolerances.machine_eps``)
+and documented where they are defined; tests do not invent bare constants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from svdguard.tolerances import machine_eps
+
+
+def haar_unitary(size: int, *, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    """A Haar-random orthogonal (unitary for complex dtypes) size×size matrix (QR of a Gaussian)."""
+    real = torch.randn(size, size, dtype=torch.float64, generator=generator)
+    if dtype.is_complex:
+        real = torch.complex(real, torch.randn(size, size, dtype=torch.float64, generator=generator))
+    q, r = torch.linalg.qr(real)
+    # Fix the phases so the distribution is Haar: Q · diag(r_ii / |r_ii|).
+    d = torch.diagonal(r)
+    q = q * (d / d.abs()).unsqueeze(-2)
+    return q.to(dtype)
+
+
+def with_singular_values(
+    singular_values: Sequence[float] | torch.Tensor,
+    m: int,
+    n: int,
+    *,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+) -> torch.Tensor:
+    """A random m×n matrix U diag(s) Vᴴ with exactly the given singular values (float64 build)."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.as_tensor(singular_values, dtype=torch.float64)
+    k = min(m, n)
+    if s.numel() != k:
+        raise ValueError(f"need {k} singular values for a {m}x{n} matrix, got {s.numel()}")
+    build = torch.complex128 if dtype.is_complex else torch.float64
+    u = haar_unitary(m, dtype=build, generator=g)[:, :k]
+    v = haar_unitary(n, dtype=build, generator=g)[:, :k]
+    a = (u * s.to(build)) @ v.mH
+    return a.to(dtype)
+
+
+def random_matrix(*shape: int, dtype: torch.dtype = torch.float64, seed: int = 0) -> torch.Tensor:
+    """A Gaussian matrix (complex Gaussian for complex dtypes); its singular values are well separated."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(*shape, dtype=torch.float64, generator=g)
+    if dtype.is_complex:
+        a = torch.complex(a, torch.randn(*shape, dtype=torch.float64, generator=g))
+    return a.to(dtype)
+
+
+def central_difference_grad(
+    f: Callable[[torch.Tensor], torch.Tensor], a: torch.Tensor, *, step: float | None = None
+) -> torch.Tensor:
+    """∂f/∂a by fourth-order central differences, in float64 (real a only).
+
+    f'(x) ≈ [8(f(x+h) − f(x−h)) − (f(x+2h) − f(x−2h))] / (12h); the truncation
+    error is O(h⁴ f⁽⁵⁾) and the rounding error O(ε/h), so h = ε^(1/5) ≈ 7e-4
+    balances them (error near ε^(4/5) ≈ 3e-13 for O(1) derivatives).
+    """
+    if a.dtype != torch.float64:
+        raise TypeError("finite differences are taken in float64")
+    h = machine_eps(torch.float64) ** 0.2 if step is None else step
+    flat = a.detach().clone().reshape(-1)
+    grad = torch.empty_like(flat)
+    for idx in range(flat.numel()):
+
+        def at(delta: float, idx: int = idx) -> float:
+            x = flat.clone()
+            x[idx] += delta
+            return float(f(x.reshape(a.shape)))
+
+        grad[idx] = (8 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12 * h)
+    return grad.reshape(a.shape)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """‖actual − expected‖ / max(‖expected‖, tiny): one number per comparison."""
+    scale = max(float(expected.abs().max()), torch.finfo(torch.float64).tiny)
+    return float((actual - expected).abs().max()) / scale
+
+
+def exactness_tolerance(dtype: torch.dtype, factor: float = 1e3) -> float:
+    """Tolerance of an exact computation in ``dtype``: ``factor``·ε (1e3·ε by default).
+
+    The factor absorbs the condition of the test problems (random matrices of
+    size ≤ 32 with relative gaps ≥ 1e-2); the float64 default is 2.2e-13.
+    """
+    return factor * machine_eps(dtype)
