@@ -8,10 +8,12 @@ from svdguard.errors import (
     SvdguardWarning,
     UnsafeInputError,
 )
+from svdguard.linalg.svd import METHODS, svd, svdvals
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "METHODS",
     "InputError",
     "NumericalError",
     "ResourceLimitError",
@@ -19,4 +21,6 @@ __all__ = [
     "SvdguardWarning",
     "UnsafeInputError",
     "__version__",
+    "svd",
+    "svdvals",
 ]

@@ -47,5 +47,9 @@ class NumericalError(SvdguardError):
     """A decomposition failed (non-convergence, non-finite input) even after retrying."""
 
 
+class IllDefinedGradientError(SvdguardError, RuntimeError):
+    """The loss depends on a choice the SVD leaves arbitrary (the phase of complex singular vectors)."""
+
+
 class SvdguardWarning(UserWarning):
     """Warnings about gradients that are stabilised, trivialised or gauge dependent."""

@@ -88,3 +88,33 @@ def complex_phase_tolerance() -> tuple[float, float]:
 def noise_floor(storage_dtype: torch.dtype, sigma_max: float) -> float:
     """ε(storage) · σ_max: singular values and gaps below this are rounding of the stored entries."""
     return machine_eps(storage_dtype) * sigma_max
+
+
+def default_clamp_eps(sigma_max: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Default floor of |s_i − s_j| for ``method="clamp"``: √ε · σ_max.
+
+    Gaps below √ε·σ_max leave fewer than half the digits in the difference part
+    (its numerator carries an absolute error ≈ ε·σ_max), so clamping there
+    trades little accuracy; gaps above it are untouched.
+    """
+    return sigma_max * math.sqrt(machine_eps(dtype))
+
+
+def default_lorentz_eps(sigma_max: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Default broadening of ``method="lorentz"``: (√ε · σ_max)² = ε · σ_max² (units of s²)."""
+    return sigma_max * sigma_max * machine_eps(dtype)
+
+
+def default_max_cond(dtype: torch.dtype) -> float:
+    """Default κ threshold of ``method="trivialize"``: 1/√ε (6.7e7 in float64, 2.9e3 in float32).
+
+    The rectangular and sum terms divide by s_min, so beyond this κ the
+    gradient amplifies the forward's rounding by more than 1/√ε: fewer than
+    half the digits are left.
+    """
+    return 1.0 / math.sqrt(machine_eps(dtype))
+
+
+def stabilizer_bias_tolerance(dtype: torch.dtype) -> float:
+    """Relative change of a kernel entry from which a stabilizer counts as acting on a pair: √ε."""
+    return math.sqrt(machine_eps(dtype))
