@@ -1,0 +1,86 @@
+"""Turn command-line paths (files, directories, unexpanded globs) into tensor files."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from svdguard.errors import InputError
+
+#: In a directory: the first of these groups that matches anything is used (a Hugging Face
+#: checkpoint directory holds both an index and its shards, or both .safetensors and .bin
+#: copies of the same weights; reading one copy is enough).
+_CHECKPOINT_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("*.safetensors.index.json",),
+    ("*.safetensors",),
+    ("*.bin", "*.pt", "*.pth"),
+)
+#: In a directory: always read as well (plain arrays are never copies of a checkpoint).
+_ARRAY_PATTERNS = ("*.npy", "*.npz")
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _matching(directory: Path, patterns: Sequence[str]) -> list[Path]:
+    found = {entry for pattern in patterns for entry in directory.glob(pattern) if entry.is_file()}
+    return sorted(found)
+
+
+def _expand_directory(directory: Path) -> list[Path]:
+    files: list[Path] = []
+    for group in _CHECKPOINT_GROUPS:
+        files = _matching(directory, group)
+        if files:
+            break
+    files += _matching(directory, _ARRAY_PATTERNS)
+    if not files:
+        raise InputError(
+            "the directory holds no .safetensors, .safetensors.index.json, .bin, .pt, .pth, "
+            ".npy or .npz file",
+            path=directory,
+        )
+    return files
+
+
+def _expand_one(raw: str | os.PathLike[str]) -> list[Path]:
+    path = Path(raw)
+    try:
+        if path.is_dir():
+            return _expand_directory(path)
+        if path.exists():
+            return [path]
+    except OSError as err:
+        raise InputError(f"cannot access: {err.strerror or err}", path=path) from None
+    text = os.fspath(raw)
+    if _GLOB_CHARS.intersection(text):
+        # The shell did not expand it (quoted, or no match there): expand it here, sorted.
+        matches = sorted(glob.glob(text))
+        if not matches:
+            raise InputError("no file matches this pattern", path=text)
+        return [file for match in matches for file in _expand_one(match)]
+    raise InputError("no such file or directory", path=path)
+
+
+def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The tensor files named by ``paths``: files, directories, or glob patterns.
+
+    A directory contributes its ``*.safetensors.index.json`` if it has one,
+    else its ``*.safetensors``, else its ``*.bin``/``*.pt``/``*.pth`` files,
+    plus any ``*.npy``/``*.npz`` (not recursive). A glob pattern a shell left
+    unexpanded is expanded here, sorted. Duplicates (the same file reached
+    twice) are dropped, keeping the first. A missing path, a pattern matching
+    nothing or a directory with nothing readable raises InputError naming it.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    result: list[Path] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        for file in _expand_one(raw):
+            identity = file.resolve()
+            if identity not in seen:
+                seen.add(identity)
+                result.append(file)
+    return result

@@ -1,0 +1,118 @@
+"""PyTorch checkpoints (.pt/.bin/.pth): torch.load with weights_only=True, memory-mapped.
+
+``weights_only=True`` restricts unpickling to tensors, primitive containers and
+a few torch types: a payload that asks for anything else (the way a hostile
+pickle runs code) is refused by torch, and that refusal becomes an
+UnsafeInputError here. ``mmap=True`` maps the zip-format checkpoint instead
+of reading it, so listing a checkpoint costs its (small) pickle only; the
+legacy (pre-1.6, non-zip) format cannot be mapped and is read whole, after a
+check that it fits in memory.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from pickle import UnpicklingError  # the exception type torch raises; nothing is unpickled here
+
+import torch
+
+from svdguard.errors import InputError, ResourceLimitError, UnsafeInputError
+from svdguard.io.limits import format_bytes, memory_available
+from svdguard.io.records import TensorRecord
+
+#: Nesting depth beyond which a state dict is refused (real checkpoints nest a few levels).
+MAX_NESTING = 64
+
+
+def _load_checkpoint(path: Path) -> object:
+    try:
+        is_zip = zipfile.is_zipfile(path)
+        if not is_zip:
+            size = path.stat().st_size
+            available = memory_available()
+            if available is not None and size > available:
+                raise ResourceLimitError(
+                    f"a legacy-format checkpoint of {format_bytes(size)} is read whole, but only "
+                    f"{format_bytes(available)} of memory is available; re-save it with torch.save "
+                    "(zip format) or as .safetensors",
+                    path=path,
+                )
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except InputError:
+        raise
+    except UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise UnsafeInputError(
+                "the checkpoint's pickle asks for objects other than tensors and containers "
+                "(executing it could run arbitrary code), so it is refused; if you trust the "
+                "file, convert it to .safetensors in a separate, sandboxed step",
+                path=path,
+            ) from None
+        raise InputError(f"not a readable torch checkpoint: {_short(err)}", path=path) from None
+    except Exception as err:  # noqa: BLE001 - torch.load raises many types on a damaged file
+        raise InputError(
+            f"not a readable torch checkpoint ({type(err).__name__}: {_short(err)}); "
+            "the file is damaged or not a torch.save file",
+            path=path,
+        ) from None
+
+
+def _short(err: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _flatten(tree: Mapping[object, object], prefix: str, depth: int, path: Path):  # type: ignore[no-untyped-def]
+    if depth > MAX_NESTING:
+        raise InputError(f"state dict nested deeper than {MAX_NESTING} levels", path=path)
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, torch.Tensor):
+            yield key, value
+        elif isinstance(value, Mapping):
+            yield from _flatten(value, key + ".", depth + 1, path)
+        # anything else (step counters, config strings, lists of optimizer states) is skipped
+
+
+def iter_torch_records(path: Path, *, max_elements: int) -> list[TensorRecord]:
+    """One record per tensor of a state dict (nested dicts flattened with dotted keys)."""
+    checkpoint = _load_checkpoint(path)
+    if isinstance(checkpoint, torch.Tensor):
+        tensors = [("", checkpoint)]
+    elif isinstance(checkpoint, Mapping):
+        tensors = list(_flatten(checkpoint, "", 0, path))
+    else:
+        raise InputError(
+            f"holds a {type(checkpoint).__name__}, not a state dict (a dict of tensors); "
+            "save model.state_dict() instead",
+            path=path,
+        )
+    return [
+        TensorRecord(
+            path,
+            key,
+            tuple(tensor.shape),
+            str(tensor.dtype).removeprefix("torch."),
+            max_elements,
+            partial(_materialise, tensor),
+        )
+        for key, tensor in tensors
+    ]
+
+
+def _materialise(tensor: torch.Tensor, record: TensorRecord) -> torch.Tensor:
+    if tensor.layout != torch.strided or tensor.is_quantized:
+        raise InputError(
+            f"{tensor.layout} / {tensor.dtype} tensors are not supported; save a dense tensor",
+            path=record.path,
+            key=record.key or None,
+        )
+    try:
+        return tensor.detach().clone(memory_format=torch.contiguous_format)
+    except RuntimeError as err:
+        raise InputError(
+            f"cannot read the tensor: {_short(err)}", path=record.path, key=record.key or None
+        ) from None

@@ -1,0 +1,192 @@
+"""Atomic writers: a file appears complete under its name, or not at all.
+
+The payload goes to a temporary file in the target's directory (same file
+system, so the final rename is atomic), which is flushed to disk and then
+renamed into place; on any exception, Ctrl-C included, the temporary file is
+removed and the target is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from svdguard.errors import InputError
+
+WRITABLE_SUFFIXES = (".npy", ".npz", ".safetensors")
+
+
+def _same_file(target: Path, other: Path) -> bool:
+    try:
+        if target.resolve() == other.resolve():
+            return True
+        return target.exists() and other.exists() and os.path.samefile(target, other)
+    except (OSError, ValueError):
+        return False
+
+
+def _check_target(target: Path, *, force: bool, protect: Sequence[str | os.PathLike[str]]) -> None:
+    for protected in protect:
+        if _same_file(target, Path(protected)):
+            raise InputError(
+                f"refusing to overwrite the input file {os.fspath(protected)}; choose another "
+                "output path (--force does not apply to inputs)",
+                path=target,
+            )
+    if target.is_dir():
+        raise InputError("is a directory; give a file name for the output", path=target)
+    if not target.parent.is_dir():
+        raise InputError(
+            f"the directory {target.parent} does not exist; create it first", path=target
+        )
+    if (target.exists() or target.is_symlink()) and not force:
+        raise InputError(f"{target} exists; pass --force to overwrite", path=target)
+
+
+def _default_mode() -> int:
+    """0o666 less the umask: the mode open() would give a new file (mkstemp gives 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(
+    path: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    protect: Sequence[str | os.PathLike[str]] = (),
+) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds.
+
+    Refuses (InputError) a ``path`` that is one of ``protect`` (the inputs) even
+    with ``force``, and an existing ``path`` without ``force``. On any
+    exception or KeyboardInterrupt the temporary file is removed.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "report.json"
+    >>> with atomic_output(out) as tmp:
+    ...     _ = tmp.write_text("{}")
+    >>> out.read_text()
+    '{}'
+    """
+    target = Path(path)
+    _check_target(target, force=force, protect=protect)
+    try:
+        handle, name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}"
+        )
+    except OSError as err:
+        raise InputError(
+            f"cannot create a file in {target.parent}: {err.strerror}", path=target
+        ) from None
+    temporary = Path(name)
+    try:
+        os.close(handle)
+        yield temporary
+        # After the block: a writer may have replaced the file (then mkstemp's 0o600 is gone).
+        os.chmod(temporary, _default_mode())
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())  # the data is on disk before the name points at it
+        if force:
+            os.replace(temporary, target)
+        else:
+            _publish_exclusive(temporary, target)
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+def _publish_exclusive(temporary: Path, target: Path) -> None:
+    """Rename without clobbering a file that appeared since the check (link fails if it exists)."""
+    try:
+        os.link(temporary, target)
+    except FileExistsError:
+        raise InputError(f"{target} exists; pass --force to overwrite", path=target) from None
+    except OSError:
+        # A file system without hard links: fall back to a plain rename after a last check.
+        if target.exists():
+            raise InputError(f"{target} exists; pass --force to overwrite", path=target) from None
+        os.replace(temporary, target)
+        return
+    _remove(temporary)
+
+
+def _as_numpy(tensor: torch.Tensor, target: Path) -> np.ndarray:
+    if tensor.dtype == torch.bfloat16 or tensor.dtype not in _NUMPY_DTYPES:
+        raise InputError(
+            f"numpy cannot hold {str(tensor.dtype).removeprefix('torch.')} data; write a "
+            ".safetensors file instead (or convert the tensor to float32)",
+            path=target,
+        )
+    return tensor.numpy()
+
+
+_NUMPY_DTYPES = frozenset(
+    {
+        torch.bool,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.uint16,
+        torch.uint32,
+        torch.uint64,
+        torch.float16,
+        torch.float32,
+        torch.float64,
+        torch.complex64,
+        torch.complex128,
+    }
+)
+
+
+def write_tensor(
+    path: str | os.PathLike[str],
+    tensor: torch.Tensor,
+    *,
+    key: str = "grad",
+    force: bool = False,
+    protect: Sequence[str | os.PathLike[str]] = (),
+) -> Path:
+    """Write one tensor atomically; the format follows the suffix. Returns the path written.
+
+    ``.npy`` (the bare array), ``.npz`` (member ``key``), ``.safetensors``
+    (tensor ``key``); any other suffix raises InputError. numpy has no
+    bfloat16 (nor 8-bit floats), so those need ``.safetensors``.
+    """
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in WRITABLE_SUFFIXES:
+        raise InputError(
+            f"cannot write {target.suffix or 'a file without a suffix'!r}; use one of "
+            f"{', '.join(WRITABLE_SUFFIXES)}",
+            path=target,
+        )
+    if not isinstance(tensor, torch.Tensor):
+        raise InputError(f"expected a torch.Tensor, got {type(tensor).__name__}", path=target)
+    data = tensor.detach().to("cpu").resolve_conj().resolve_neg().contiguous()
+    array = _as_numpy(data, target) if suffix in (".npy", ".npz") else None
+    with atomic_output(target, force=force, protect=protect) as temporary:
+        if suffix == ".safetensors":
+            save_file({key: data}, os.fspath(temporary))
+        else:
+            with open(temporary, "wb") as stream:
+                if suffix == ".npy":
+                    np.save(stream, array, allow_pickle=False)
+                else:
+                    np.savez(stream, **{key: array})
+    return target

@@ -1,0 +1,125 @@
+"""Atomic writer: refusals, and no temp file or partial output after a failure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from svdguard.errors import InputError
+from svdguard.io import atomic_output, read_tensor, write_tensor
+from svdguard.io import writers as writers_module
+
+
+def _listing(directory: Path) -> list[str]:
+    return sorted(entry.name for entry in directory.iterdir())
+
+
+def test_existing_file_refused_without_force(tmp_path: Path) -> None:
+    target = tmp_path / "g.npy"
+    np.save(target, np.zeros(3))
+    with pytest.raises(InputError, match="exists; pass --force to overwrite") as info:
+        write_tensor(target, torch.ones(3, dtype=torch.float64))
+    assert str(target) in str(info.value)
+    assert np.array_equal(np.load(target), np.zeros(3))  # untouched
+    write_tensor(target, torch.ones(3, dtype=torch.float64), force=True)
+    assert np.array_equal(np.load(target), np.ones(3))
+    assert _listing(tmp_path) == ["g.npy"]
+
+
+def test_protect_refuses_input_even_with_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "a.npy"
+    np.save(source, np.arange(4.0))
+    monkeypatch.chdir(tmp_path)
+    for spelled in (source, "a.npy", "./a.npy", tmp_path / "sub" / ".." / "a.npy"):
+        with pytest.raises(InputError, match="refusing to overwrite the input"):
+            write_tensor(spelled, torch.zeros(4, dtype=torch.float64), force=True, protect=[source])
+    # A symlink to the input is the input too.
+    (tmp_path / "link.npy").symlink_to(source)
+    with pytest.raises(InputError, match="refusing to overwrite the input"):
+        write_tensor(tmp_path / "link.npy", torch.zeros(4), force=True, protect=["a.npy"])
+    assert np.array_equal(np.load(source), np.arange(4.0))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".safetensors"])
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, OSError])
+def test_failure_mid_write_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str, interrupt: type[BaseException]
+) -> None:
+    def write_half_then_fail(*args: object, **kwargs: object) -> None:
+        target = args[0] if isinstance(args[0], (str, os.PathLike)) else None
+        if target is not None:
+            Path(target).write_bytes(b"partial")
+        else:
+            args[0].write(b"partial")  # type: ignore[attr-defined]
+        raise interrupt("simulated")
+
+    monkeypatch.setattr(writers_module.np, "save", write_half_then_fail)
+    monkeypatch.setattr(writers_module.np, "savez", write_half_then_fail)
+    monkeypatch.setattr(
+        writers_module, "save_file", lambda tensors, path: write_half_then_fail(path)
+    )
+    with pytest.raises(interrupt, match="simulated"):
+        write_tensor(tmp_path / f"g{suffix}", torch.ones(2, 2))
+    assert _listing(tmp_path) == []
+
+
+def test_failure_keeps_existing_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "g.npy"
+    np.save(target, np.full(2, 7.0))
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writers_module.np, "save", fail)
+    with pytest.raises(KeyboardInterrupt):
+        write_tensor(target, torch.zeros(2, dtype=torch.float64), force=True)
+    assert _listing(tmp_path) == ["g.npy"]
+    assert np.array_equal(np.load(target), np.full(2, 7.0))
+
+
+def test_atomic_output_context(tmp_path: Path) -> None:
+    target = tmp_path / "report.json"
+    with atomic_output(target) as temporary:
+        assert temporary.parent == tmp_path and temporary != target
+        temporary.write_text('{"ok": true}')
+        assert not target.exists()  # nothing visible until the block succeeds
+    assert target.read_text() == '{"ok": true}'
+    assert _listing(tmp_path) == ["report.json"]
+    with pytest.raises(ValueError, match="boom"), atomic_output(target, force=True) as temporary:
+        temporary.write_text("partial")
+        raise ValueError("boom")
+    assert target.read_text() == '{"ok": true}'
+    assert _listing(tmp_path) == ["report.json"]
+
+
+def test_new_file_gets_umask_mode(tmp_path: Path) -> None:
+    out = write_tensor(tmp_path / "g.safetensors", torch.ones(2))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("name", ["g.txt", "g", "g.pt"])
+def test_unknown_output_suffix(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InputError, match=r"use one of \.npy, \.npz, \.safetensors"):
+        write_tensor(tmp_path / name, torch.ones(2))
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        write_tensor(tmp_path / "nope" / "g.npy", torch.ones(2))
+
+
+def test_npz_key_and_complex(tmp_path: Path) -> None:
+    tensor = torch.complex(
+        torch.ones(2, 2, dtype=torch.float64), torch.arange(4.0).reshape(2, 2).double()
+    )
+    write_tensor(tmp_path / "g.npz", tensor, key="dA")
+    assert torch.equal(read_tensor(tmp_path / "g.npz", "dA"), tensor)
+    assert torch.equal(read_tensor(tmp_path / "g.npz"), tensor)
