@@ -118,3 +118,63 @@ def default_max_cond(dtype: torch.dtype) -> float:
 def stabilizer_bias_tolerance(dtype: torch.dtype) -> float:
     """Relative change of a kernel entry from which a stabilizer counts as acting on a pair: √ε."""
     return math.sqrt(machine_eps(dtype))
+
+
+# --- thresholds of `svdguard inspect` -------------------------------------------------
+# ε_w below is the ε of the tensor's *working dtype*, ``compute_dtype(storage)``: the
+# dtype its users decompose it in (float32 for bf16/fp16/fp8 storage). ε_p is the ε of
+# the dtype inspect computes the singular values in (``--precision``, float64 default).
+
+
+def inspect_tie_tolerance(
+    sigma_max: float, working: torch.dtype, precision: torch.dtype, m: int, n: int
+) -> float:
+    """Gap at or below which ``inspect`` counts two singular values as tied (severity error).
+
+    τ_tie = max(max(m, n)·ε_p·σ_max, ε_w·σ_max). The first term is
+    :func:`tie_tolerance` of our own computation: below it the computed gap is
+    rounding. The second is where LAPACK's angle bound ε_w·σ_max/gap on the
+    singular vectors, computed in the working dtype, reaches 1 radian: no digit
+    of u_i, v_i is determined and a gradient through U or V is infinite or
+    arbitrary. (Not max(m, n)·ε_w·σ_max: that worst-case factor would call the
+    ordinary gaps of a random 768×2304 float32 matrix, ~3e-5·σ_max, ties.)
+    """
+    computed_rounding = max(m, n, 1) * machine_eps(precision) * sigma_max  # = tie_tolerance
+    return max(computed_rounding, machine_eps(working) * sigma_max)
+
+
+def inspect_near_degenerate_tolerance(sigma_max: float, working: torch.dtype) -> float:
+    """Gap at or below which ``inspect`` counts a pair as near-degenerate (severity warning).
+
+    √ε_w·σ_max, the same floor as :func:`default_clamp_eps`: at this gap
+    LAPACK's bound ε_w·σ_max/gap on the singular vectors' angle error is √ε_w
+    (half the working digits are gone) and the difference part of the SVD
+    backward is amplified by σ_max/gap ≥ 1/√ε_w (2.9e3 in float32, 6.7e7 in
+    float64) relative to a well-separated spectrum.
+    """
+    return math.sqrt(machine_eps(working)) * sigma_max
+
+
+def inspect_rank_tolerance(
+    sigma_max: float, working: torch.dtype, precision: torch.dtype, m: int, n: int
+) -> float:
+    """Numerical-rank tolerance of ``inspect``: max(m, n)·max(ε_w, ε_p)·σ_max.
+
+    numpy's ``matrix_rank`` default on the matrix held in its working dtype
+    (so ``inspect`` agrees with ``np.linalg.matrix_rank(W)`` for a float32 W),
+    coarsened to ε_p when the computation itself is coarser (``--precision
+    float32`` on float64 data), so that a singular value we cannot resolve is
+    never counted as rank.
+    """
+    eps = max(machine_eps(working), machine_eps(precision))
+    return max(m, n, 1) * eps * sigma_max
+
+
+def inspect_max_cond(working: torch.dtype) -> float:
+    """Default ``--max-cond`` of ``inspect``: :func:`default_max_cond` of the working dtype.
+
+    1/√ε_w (2.9e3 for float32 tensors, 6.7e7 for float64): beyond it solving
+    with A, inverting it or dividing by s_min in the SVD backward leaves fewer
+    than half the working digits.
+    """
+    return default_max_cond(working)

@@ -24,9 +24,13 @@ import torch
 
 
 def masked_reciprocal(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """1/x where ``keep``, 0 elsewhere; finite in value and in every derivative."""
-    safe = torch.where(keep, x, torch.ones_like(x))
-    return torch.where(keep, 1.0 / safe, torch.zeros_like(x))
+    """1/x where ``keep``, 0 elsewhere; finite in value and in every derivative.
+
+    The inner ``where`` replaces masked entries by 1 before dividing, the outer
+    one zeroes them: neither branch holds inf/NaN, so double backward never
+    meets inf·0.
+    """
+    return torch.where(keep, torch.where(keep, x, 1.0).reciprocal(), 0.0)
 
 
 def _pair_grids(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,27 +61,61 @@ def exact_sum_part(s: torch.Tensor, tau: torch.Tensor, jk_diff: torch.Tensor) ->
 
     The numerator has no cancellation, so this is accurate for every σ above
     rounding level; it carries the whole gradient of the polar factor U Vᴴ.
-    Its diagonal is the complex phase term (zero for real inputs).
+    On the diagonal it is (J − K)_ii / (4 s_i): zero for real inputs (J, K are
+    skew) and the complex phase term i·Im(diag(Uᴴ gU)) / s_i otherwise.
     """
-    s_i, s_j = _pair_grids(s)
-    sigma = s_i + s_j
-    inv_sigma = masked_reciprocal(sigma, sigma > tau)
-    off = jk_diff * inv_sigma / 2
-    eye = torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)
-    return torch.where(eye, torch.zeros_like(off), off) + _phase_diagonal(jk_diff, inv_sigma)
+    return jk_diff * _half_inverse_sums(s, tau, guard=True)
+
+
+def _half_inverse_sums(s: torch.Tensor, tau: torch.Tensor, *, guard: bool) -> torch.Tensor:
+    """1 / (2 σ_ij), 0 where σ_ij ≤ τ. ``guard=False``: the caller knows σ_ij > τ everywhere."""
+    s2_i, s2_j = _pair_grids(s + s)
+    sigma2 = s2_i + s2_j
+    return masked_reciprocal(sigma2, sigma2 > 2 * tau) if guard else sigma2.reciprocal()
+
+
+def _half_inverse_differences(s: torch.Tensor, tau: torch.Tensor, *, guard: bool) -> torch.Tensor:
+    """1 / (2 d_ij), 0 where |d_ij| ≤ τ, so also on the diagonal (d_ii = 0).
+
+    ``guard=False`` (the caller knows every off-diagonal |d_ij| > τ and that the
+    diagonal of the numerator is zero, i.e. real inputs): the diagonal gets 1/1.
+    """
+    s2_i, s2_j = _pair_grids(s + s)
+    d2 = s2_j - s2_i
+    if guard:
+        return masked_reciprocal(d2, d2.abs() > 2 * tau)
+    d2.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    return d2.reciprocal()
+
+
+def needs_guard(s: torch.Tensor, tau: torch.Tensor) -> bool:
+    """Whether any denominator of the auto kernel is at rounding level, checked on O(k) values.
+
+    s is sorted, so a tie exists iff some neighbouring gap s_i − s_{i+1} ≤ τ, and
+    some σ_ij ≤ τ iff 2 s_min ≤ τ. Reads values (a host sync on GPUs), so it is
+    only called outside torch.func transforms.
+    """
+    tau_vec = tau.squeeze(-1)
+    ties = (s[..., :-1] - s[..., 1:]) <= tau_vec
+    return bool(ties.any() or (2 * s[..., -1:] <= tau_vec).any())
 
 
 def auto_inner(
-    s: torch.Tensor, tau: torch.Tensor, jk_sum: torch.Tensor, jk_diff: torch.Tensor
+    s: torch.Tensor,
+    tau: torch.Tensor,
+    jk_sum: torch.Tensor,
+    jk_diff: torch.Tensor,
+    *,
+    guard: bool = True,
 ) -> torch.Tensor:
     """Split form with every reciprocal exact above rounding level.
 
     X_ij = (J+K)_ij / (2 d_ij) [dropped iff |d_ij| ≤ τ] + (J−K)_ij / (2 σ_ij) [dropped iff σ_ij ≤ τ].
+    ``guard=False`` skips the masks when :func:`needs_guard` found none active
+    (same values, fewer passes over the k×k matrices).
     """
-    s_i, s_j = _pair_grids(s)
-    d = s_j - s_i
-    inv_d = masked_reciprocal(d, d.abs() > tau)  # zero on the diagonal too (d_ii = 0)
-    return jk_sum * inv_d / 2 + exact_sum_part(s, tau, jk_diff)
+    difference_part = jk_sum * _half_inverse_differences(s, tau, guard=guard)
+    return torch.addcmul(difference_part, jk_diff, _half_inverse_sums(s, tau, guard=guard))
 
 
 def lorentz_inner(

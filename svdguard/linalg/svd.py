@@ -20,7 +20,6 @@ from svdguard.tolerances import (
     compute_dtype,
     default_clamp_eps,
     default_lorentz_eps,
-    default_max_cond,
     stabilizer_bias_tolerance,
     tie_tolerance,
 )
@@ -91,10 +90,11 @@ class _SVDFunction(torch.autograd.Function):
         if k == 0:
             return torch.zeros(*U.shape[:-2], m, n, dtype=U.dtype, device=U.device), None, None, None
         config: BackwardConfig = ctx.config
-        if _values_visible(S):
+        visible = _values_visible(S)
+        if visible and (U.is_complex() or ctx.gauge_check or config.method == "trivialize"):
             _inspect_before_backward(ctx, config, U, S, Vh, gU, gVh)
         tau, eps = _thresholds(config, S, m, n)
-        grad = svd_backward(config, U, S, Vh, gU, gS, gVh, tau, eps)
+        grad = svd_backward(config, U, S, Vh, gU, gS, gVh, tau, eps, fast_path_allowed=visible)
         return grad, None, None, None
 
 
@@ -106,14 +106,13 @@ def _inspect_before_backward(ctx, config, U, S, Vh, gU, gVh) -> None:
         for violation in find_gauge_violations(U, S, Vh, _detach(gU), _detach(gVh)):
             warnings.warn(f"svdguard.svd gauge check: {violation.describe()}", SvdguardWarning, 3)
     if config.method == "trivialize":
-        kappa = condition_number(S.detach())
-        assert config.max_cond is not None
-        bad = (kappa > config.max_cond).nonzero().tolist()
+        limit = config.cond_limit(S.dtype)
+        bad = (condition_number(S.detach()) > limit).nonzero().tolist()
         if bad:
             which = ", ".join(str(tuple(b)) for b in bad[:10]) + (" ..." if len(bad) > 10 else "")
             where = f"batch elements {which}" if S.dim() > 1 else "the matrix"
             warnings.warn(
-                f"svdguard.svd(method='trivialize'): condition number above {config.max_cond:.3g} "
+                f"svdguard.svd(method='trivialize'): condition number above {limit:.3g} "
                 f"for {where}; their gradient is set to zero",
                 SvdguardWarning,
                 3,

@@ -17,6 +17,7 @@ import torch
 
 from svdguard.linalg import stabilizers
 from svdguard.linalg.spectrum import condition_number
+from svdguard.tolerances import default_max_cond
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class BackwardConfig:
     eps: float | None = None  # clamp: absolute floor of |s_i − s_j|; lorentz: broadening (units of s²)
     degree: int = 9  # taylor: P
     max_cond: float | None = None  # trivialize: κ above which the gradient is zero
+
+    def cond_limit(self, dtype: torch.dtype) -> float:
+        """trivialize's threshold: max_cond, or :func:`svdguard.tolerances.default_max_cond`."""
+        return default_max_cond(dtype) if self.max_cond is None else self.max_cond
 
 
 def skew(x: torch.Tensor) -> torch.Tensor:
@@ -65,21 +70,33 @@ def svd_backward(
     gVh: torch.Tensor | None,
     tau: torch.Tensor,
     eps: torch.Tensor | None,
+    *,
+    fast_path_allowed: bool = False,
 ) -> torch.Tensor:
     """dL/dA from thin factors (U: m×k, S: k, Vh: k×n) and upstream gradients (None = 0).
 
     ``tau`` and ``eps`` are per-matrix thresholds shaped ``(..., 1, 1)``.
+    ``fast_path_allowed``: values may be read (not under torch.func.vmap), so the
+    auto kernel may skip its masks when none is active.
     """
     m, k, n = U.shape[-2], S.shape[-1], Vh.shape[-1]
-    J = skew(U.mH @ gU) if gU is not None else None
-    K = skew(Vh @ gVh.mH) if gVh is not None else None  # Vᴴ gV = Vh (gVh)ᴴ
+    uh_gu = U.mH @ gU if gU is not None else None
+    vh_gv = Vh @ gVh.mH if gVh is not None else None  # Vᴴ gV = Vh (gVh)ᴴ
 
-    if J is None and K is None:
+    if uh_gu is None and vh_gv is None:
         inner = torch.diag_embed(gS.to(U.dtype)) if gS is not None else None
     else:
-        inner = inner_matrix(config, S, tau, eps, J, K)
+        if config.method in ("auto", "trivialize") and uh_gu is not None and vh_gv is not None:
+            # J ± K = skew(Uᴴ gU ± Vᴴ gV): two skews instead of three.
+            plus, minus = uh_gu + vh_gv, uh_gu - vh_gv
+            guard = not fast_path_allowed or U.is_complex() or stabilizers.needs_guard(S, tau)
+            inner = stabilizers.auto_inner(S, tau, skew(plus), skew(minus), guard=guard)
+        else:
+            J = skew(uh_gu) if uh_gu is not None else None
+            K = skew(vh_gv) if vh_gv is not None else None
+            inner = inner_matrix(config, S, tau, eps, J, K)
         if gS is not None:
-            inner = inner + torch.diag_embed(gS.to(inner.dtype))
+            inner.diagonal(dim1=-2, dim2=-1).add_(gS.to(inner.dtype))
 
     grad = U @ (inner @ Vh) if inner is not None else None
 
@@ -97,7 +114,6 @@ def svd_backward(
     if grad is None:
         grad = torch.zeros(*U.shape[:-2], m, n, dtype=U.dtype, device=U.device)
     if config.method == "trivialize":
-        assert config.max_cond is not None
-        too_ill = condition_number(S.detach()) > config.max_cond
+        too_ill = condition_number(S.detach()) > config.cond_limit(S.dtype)
         grad = torch.where(too_ill[..., None, None], torch.zeros_like(grad), grad)
     return grad

@@ -1,0 +1,117 @@
+"""The orthonormal polar factor U Vᴴ and the nearest rotation (orthogonal Procrustes).
+
+Polar factor: h(s) = 1, so D⁻ = 0 and D⁺_ij = 2/(s_i + s_j), h(s)/s = 1/s.
+The whole gradient lives in the sum part (MATH.md §2), which is exact at ties.
+
+Domain (where the gradient exists): s_{k−1} + s_k > 0 for a square matrix and
+s_min > 0 for a non-square one, i.e. at most one zero singular value when
+square, none otherwise. Outside it U Vᴴ is not unique; the terms whose
+denominator is zero to rounding (s_i + s_j ≤ τ, s_i ≤ τ with τ the
+``tie_tolerance``) are dropped, so the gradient stays finite but is that of
+one arbitrary choice.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from svdguard.errors import InputError, SvdguardWarning
+from svdguard.linalg.divided_differences import pairwise, quotient_where, sum_quotient
+from svdguard.linalg.matrix_input import matrix_batch, square_batch
+from svdguard.linalg.spectral_svd import singular_value_tolerance, svd_spectral
+
+
+@dataclass(frozen=True)
+class PolarKernel:
+    """h ≡ 1 on (possibly signed) singular values σ."""
+
+    def values(self, s: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(s)
+
+    def derivatives(
+        self, s: torch.Tensor, tol: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s_i, s_j = pairwise(s)
+        ones_i, ones_j = pairwise(torch.ones_like(s))
+        d_minus = torch.zeros_like(s_i * s_j)  # (1 − 1)/(σ_i − σ_j) = 0, also at ties
+        d_plus = sum_quotient(ones_i, ones_j, s_i, s_j, tol.unsqueeze(-1))  # 2/(σ_i + σ_j)
+        edge = quotient_where(torch.ones_like(s), s, s.abs() > tol)  # h(s)/s = 1/s
+        return d_minus, d_plus, edge
+
+
+def polar(a: torch.Tensor) -> torch.Tensor:
+    """Orthonormal polar factor U Vᴴ of ``a`` (shape ``(..., m, n)``), with an exact gradient.
+
+    The closest matrix with orthonormal columns (m ≥ n) or rows (m ≤ n) to A in
+    the Frobenius norm. Real and complex, float32/float64 (float16/bfloat16 are
+    computed in float32), any device.
+
+    Domain of the gradient: at most one zero singular value for square A, none
+    for non-square A. Repeated singular values are fine (the gradient is exact
+    there). Outside the domain U Vᴴ is not unique; the result is one valid
+    choice and its gradient is finite (terms with a zero denominator dropped).
+
+    >>> a = torch.tensor([[2.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+    >>> q = polar(a)
+    >>> torch.allclose(q.mT @ q, torch.eye(2, dtype=torch.float64))
+    True
+    >>> torch.allclose(polar(torch.eye(3)), torch.eye(3))  # every singular value tied
+    True
+    """
+    work, out_dtype = matrix_batch(a, "polar")
+    f, _ = svd_spectral(work, PolarKernel())
+    return f.to(out_dtype)
+
+
+def procrustes(a: torch.Tensor, special: bool = True, *, check: bool = True) -> torch.Tensor:
+    """The orthogonal matrix (``special=True``: the rotation) nearest to ``a`` (Frobenius norm).
+
+    For a cross-covariance A = Yᵀ X of two point clouds, this is the R
+    minimizing ‖X − Y R‖ (Kabsch / orthogonal Procrustes). ``special=True``
+    (real square A only) returns U diag(1, …, 1, d) Vᵀ with d = sign(det(U Vᵀ)),
+    i.e. flips the last singular direction when U Vᵀ would be a reflection;
+    ``special=False`` is :func:`polar`.
+
+    Domain of the gradient (special=True): s_{n−1} + d·s_n > 0, i.e. *not* both
+    (a) the smallest singular value is tied with the next one and (b) the
+    determinant correction is active (det A < 0), and not two zero singular
+    values. At such points the nearest rotation is not unique (a circle of
+    them); with ``check=True`` a :class:`~svdguard.errors.SvdguardWarning` says
+    so, the output is one of them and its gradient is finite but arbitrary
+    (the dropped term). Ties elsewhere in the spectrum are fine (exact).
+    ``check=False`` skips the test (needed inside torch.func transforms,
+    which cannot branch on data).
+
+    >>> reflection = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+    >>> r = procrustes(reflection @ torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)))
+    >>> torch.linalg.det(r).item()
+    1.0
+    """
+    if not special:
+        return polar(a)
+    work, out_dtype = square_batch(a, "procrustes")
+    if work.is_complex():
+        raise InputError(
+            f"procrustes: special=True needs real matrices (a rotation has det +1), got "
+            f"{out_dtype} with shape {tuple(work.shape)}; use special=False for the unitary factor"
+        )
+    f, sigma = svd_spectral(work, PolarKernel(), rotation=True)
+    if check and sigma.shape[-1] >= 2:
+        n = work.shape[-1]
+        pair_sum = (sigma[..., -2] + sigma[..., -1]).abs()
+        tol = singular_value_tolerance(sigma, n, n).squeeze(-1)
+        not_unique = pair_sum <= tol
+        if bool(not_unique.any()):
+            first = tuple(int(i) for i in torch.nonzero(not_unique)[0].tolist())
+            warnings.warn(
+                f"procrustes: the nearest rotation is not unique in batch element {first or 0}: "
+                f"the two smallest singular values are tied with the determinant correction "
+                f"active (|σ_(n-1) + σ_n| = {float(pair_sum[first]):.3g} <= {float(tol[first]):.3g}); "
+                "the result is one of them and its gradient is arbitrary",
+                SvdguardWarning,
+                stacklevel=2,
+            )
+    return f.to(out_dtype)
