@@ -267,9 +267,11 @@ def compare_gradients(
     *batch, m, n = a.shape
     finite_input = _all_finite(a)
     every_finite = bool(finite_input.all())
-    # The SVD drivers reject NaN/Inf: decompose 0 in place of such matrices (batched
-    # LAPACK factors each matrix on its own, so the others are unaffected) and report NaN.
-    work = a if every_finite else torch.where(finite_input[..., None, None], a, torch.zeros_like(a))
+    # The SVD drivers reject NaN/Inf: decompose the identity in place of such matrices
+    # (batched LAPACK factors each matrix on its own, so the others are unaffected; κ = 1
+    # keeps trivialize quiet about them) and report NaN for them.
+    stand_in = torch.eye(m, n, dtype=a.dtype, device=a.device)
+    work = a if every_finite else torch.where(finite_input[..., None, None], a, stand_in)
 
     def stabilized_svd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return svd(x, method=method, eps=eps, degree=degree, max_cond=max_cond)

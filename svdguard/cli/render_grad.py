@@ -1,0 +1,180 @@
+"""Rendering of a :class:`~svdguard.gradient_report.GradientReport`: Rich table or JSON, verdict."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from svdguard.gradient_report import ElementFacts, GradientReport
+
+CAPTION = (
+    "κ₂ = σ_max/σ_min · min gap = min_i gap_i / σ_max (xDISNA) · guarded = pairs i<j whose "
+    "kernel the method changes · torch, {method} = the gradient of each backward: ✓ finite or "
+    "✗ not, and ‖∂L/∂A‖_F · rel diff = "
+    "‖g − g_torch‖_F / ‖g_torch‖_F · gauge = does the loss depend on the basis chosen inside "
+    "tied singular values s_i..s_j?"
+)
+#: Width of the table when stdout is not a terminal (a file or a pipe) and COLUMNS is unset.
+PIPE_WIDTH = 100
+
+
+def number(value: float | None) -> str:
+    """3 significant digits; NaN, inf, and ``—`` for a missing value."""
+    if value is None:
+        return "—"
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.3g}"
+
+
+def _gradient_cell(finite: bool, norm: float | None, error: str | None = None) -> Text:
+    if norm is None:
+        return Text("✗ raised" if error else "—", style="red")
+    if finite:
+        return Text(f"✓ {number(norm)}", style="green")
+    return Text(f"✗ {'NaN' if math.isnan(norm) else number(norm)}", style="bold red")
+
+
+def _gauge_cell(element: ElementFacts) -> Text:
+    if not element.input_finite:
+        return Text("—")
+    if element.gauge_violations:
+        blocks = ", ".join(f"s{v.indices[0]}..s{v.indices[-1]}" for v in element.gauge_violations)
+        return Text(f"DEPENDS {blocks}", style="bold yellow")
+    return Text("invariant" if element.has_ties else "no ties", style="green")
+
+
+def _title(report: GradientReport, source: str) -> str:
+    shape = "×".join(str(d) for d in report.shape)
+    params = [
+        f"{name} {value:g}"
+        for name, value in (
+            ("eps", report.eps),
+            ("degree", report.degree),
+            ("max-cond", report.max_cond),
+        )
+        if value is not None
+    ]
+    method = report.method + (f" ({', '.join(params)})" if params else "")
+    return f"{source}: {shape} {report.dtype}, method {method}, {report.objective}"
+
+
+def build_table(report: GradientReport, source: str) -> Table:
+    """One row per matrix of the batch, plus a totals row for a batch."""
+    batched = len(report.shape) > 2
+    table = Table(
+        title=_title(report, source),
+        caption=CAPTION.format(method=report.method),
+        caption_justify="left",
+    )
+    if batched:
+        table.add_column("matrix", no_wrap=True)
+    table.add_column("κ₂", justify="right")
+    table.add_column("min gap", justify="right")
+    table.add_column("guarded", justify="right")
+    table.add_column("torch", justify="right", no_wrap=True)
+    table.add_column(report.method, justify="right", no_wrap=True)
+    table.add_column("rel diff", justify="right", no_wrap=True)
+    table.add_column("gauge", no_wrap=True)
+    for element in report.elements:
+        cells: list[str | Text] = [str(list(element.index))] if batched else []
+        if element.input_finite:
+            cells += [
+                number(element.condition_number),
+                number(element.min_relative_gap),
+                str(element.guarded_pairs) + (" (zeroed)" if element.trivialized else ""),
+            ]
+        else:
+            cells += [Text("NaN/Inf", style="bold red"), "—", "—"]  # not decomposed
+        cells += [
+            _gradient_cell(element.native_finite, element.native_norm, report.native_error),
+            _gradient_cell(element.stabilized_finite, element.stabilized_norm),
+            number(element.relative_difference),
+            _gauge_cell(element),
+        ]
+        table.add_row(*cells)
+    if batched:
+        table.add_section()
+        table.add_row(
+            f"all {report.count}",
+            "",
+            "",
+            str(report.total_guarded_pairs),
+            f"{report.native_nonfinite} non-finite",
+            f"{report.stabilized_nonfinite} non-finite",
+            "",
+            f"{report.gauge_dependent} dependent",
+        )
+    return table
+
+
+def print_table(report: GradientReport, source: str) -> None:
+    """The table on stdout; Rich honours NO_COLOR and writes plain text when not on a terminal."""
+    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    console = Console(file=sys.stdout, highlight=False, width=PIPE_WIDTH if piped else None)
+    console.print(build_table(report, source))
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as the strings "NaN", "inf", "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return number(value)
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def to_json(report: GradientReport, **context: Any) -> str:
+    """The report as JSON (``context``, e.g. input and output paths, first)."""
+    return json.dumps(_jsonable({**context, **report.to_dict()}), indent=2, ensure_ascii=False)
+
+
+def _of(part: int, count: int) -> str:
+    return "" if count == 1 else f" for {part} of {count} matrices"
+
+
+def verdict_lines(report: GradientReport) -> list[str]:
+    """How to read the result, one sentence per finding (for stderr)."""
+    count = report.count
+    lines = []
+    if report.native_error:
+        lines.append(f"torch's backward raised: {report.native_error}")
+    elif report.native_nonfinite:
+        lines.append(
+            f"torch's gradient is not finite{_of(report.native_nonfinite, count)}: it divides "
+            "by s_j² − s_i², which is 0 at tied singular values (and by s_i at zero ones)."
+        )
+    if report.total_guarded_pairs:
+        ties = sum(e.has_ties for e in report.elements)
+        tied = f" ({ties} of {count} matrices have tied singular values)" if count > 1 else ""
+        lines.append(
+            f"the {report.method} backward changed the kernel of {report.total_guarded_pairs} "
+            f"pairs of close singular values{tied}."
+        )
+    if report.stabilized_nonfinite:
+        lines.append(
+            f"the {report.method} gradient is not finite{_of(report.stabilized_nonfinite, count)} "
+            "(NaN/Inf input, or an overflow); do not apply it."
+        )
+    else:
+        lines.append(f"the {report.method} gradient is finite.")
+    if report.gauge_dependent:
+        lines.append(
+            f"the loss depends on the basis the SVD picked inside tied singular values"
+            f"{_of(report.gauge_dependent, count)}: it has no gradient there, and the stabilized "
+            "value is one finite choice, not a derivative. Make the loss gauge invariant "
+            "(U Vᴴ, U diag(S) Vᴴ, S) or use svdguard.functional."
+        )
+    lines.extend(report.notes)
+    return lines

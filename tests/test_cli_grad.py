@@ -1,0 +1,235 @@
+"""``svdguard grad`` through typer's CliRunner: written gradients, table/JSON, every exit code."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_matrix, with_singular_values
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+import svdguard
+from svdguard.cli import exit_codes
+from svdguard.cli.app import app
+from svdguard.probes import factor_shapes, make_probe
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path, env: dict[str, str] | None = None):
+    result = runner.invoke(app, ["grad", *map(str, args)], env=env)
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def library_gradient(
+    a: torch.Tensor, loss: str = "polar", seed: int = 0, **options
+) -> torch.Tensor:
+    """The same probe through svdguard.svd and torch.autograd.grad: the bitwise reference."""
+    leaf = a.detach().clone().requires_grad_(True)
+    probe = make_probe(loss, a.shape, seed=seed, dtype=svdguard.svd(leaf).S.dtype)
+    (grad,) = torch.autograd.grad(probe(*svdguard.svd(leaf, **options)), leaf)
+    return grad
+
+
+def save(path: Path, tensor: torch.Tensor) -> Path:
+    """A .npy file, or tensor "w" of an .npz/.safetensors file."""
+    if path.suffix == ".npy":
+        np.save(path, tensor.numpy())
+    elif path.suffix == ".npz":
+        np.savez(path, w=tensor.numpy())
+    else:
+        save_file({"w": tensor.contiguous()}, str(path))
+    return path
+
+
+def load(path: Path) -> torch.Tensor:
+    if path.suffix == ".npy":
+        return torch.from_numpy(np.load(path))
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            return torch.from_numpy(data["w"])
+    return load_file(str(path))["w"]
+
+
+@pytest.fixture
+def identity(tmp_path: Path) -> Path:
+    return save(tmp_path / "identity.npy", torch.eye(4, dtype=torch.float64))
+
+
+@pytest.fixture
+def tied(tmp_path: Path) -> Path:
+    return save(tmp_path / "tied.npy", with_singular_values([3.0, 2.0, 2.0, 1.0], 4, 4, seed=9))
+
+
+def test_eps_reproduces_clamp_and_reports_native_nan(identity: Path, tmp_path: Path):
+    out = tmp_path / "grad.npy"
+    result = invoke("--eps", "1e-6", identity, "-o", out)
+    assert result.exit_code == exit_codes.OK, result.output
+    expected = library_gradient(torch.eye(4, dtype=torch.float64), method="clamp", eps=1e-6)
+    assert torch.equal(load(out), expected)
+    assert "method clamp (eps 1e-06)" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if "✗" in line or "✓" in line)
+    assert "✗ NaN" in row and "✓" in row  # torch's gradient NaN, the clamp one finite
+    assert "torch's gradient is not finite" in result.stderr
+    assert f"wrote dL/dA (4×4 float64) to {out}" in result.stderr
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".safetensors"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_format_round_trips_shape_dtype_and_values(tmp_path: Path, suffix: str, dtype):
+    a = random_matrix(2, 4, 3, dtype=dtype, seed=4)
+    a[1] = torch.eye(4, 3, dtype=dtype)  # tied singular values in one batch element
+    source = save(tmp_path / f"a{suffix}", a)
+    out = tmp_path / f"g{suffix}"
+    key = [] if suffix == ".npy" else ["--key", "w"]
+    result = invoke(source, *key, "--loss", "reconstruct", "--seed", "3", "-o", out)
+    assert result.exit_code == exit_codes.OK, result.output
+    written = load(out)
+    assert written.shape == a.shape and written.dtype == dtype
+    assert torch.equal(written, library_gradient(a, "reconstruct", seed=3))
+    assert "all 2" in result.stdout  # a batch gets a totals row
+
+
+def test_bfloat16_safetensors_gives_a_bfloat16_gradient(tmp_path: Path):
+    a = with_singular_values([3.0, 2.0, 1.0], 3, 3, seed=1).to(torch.bfloat16)
+    source = save(tmp_path / "a.safetensors", a)
+    out = tmp_path / "g.safetensors"
+    assert invoke(source, "-o", out).exit_code == exit_codes.OK
+    written = load(out)
+    assert written.dtype == torch.bfloat16
+    assert torch.equal(written, library_gradient(a))
+
+
+def test_upstream_gradients_are_backpropagated(tmp_path: Path):
+    a = random_matrix(5, 3, seed=2)
+    source = save(tmp_path / "a.npy", a)
+    g = torch.Generator().manual_seed(1)
+    shapes = dict(zip(("U", "S", "Vh"), factor_shapes(a.shape), strict=True))
+    saved = {key: torch.randn(shapes[key], dtype=torch.float64, generator=g) for key in ("U", "Vh")}
+    upstream = tmp_path / "up.npz"
+    np.savez(upstream, U=saved["U"].numpy(), Vh=saved["Vh"].numpy())
+    out = tmp_path / "g.npy"
+    result = invoke(source, "--upstream", upstream, "-o", out, "--format", "json")
+    assert result.exit_code == exit_codes.OK, result.output
+    leaf = a.clone().requires_grad_(True)
+    u, _, vh = svdguard.svd(leaf)
+    (expected,) = torch.autograd.grad((u, vh), leaf, (saved["U"], saved["Vh"]))
+    assert torch.allclose(load(out), expected, rtol=1e-12, atol=1e-12)
+    assert json.loads(result.stdout)["objective"] == "upstream U, Vh from up.npz"
+
+
+def test_json_is_the_report_with_nonfinite_numbers_as_strings(identity: Path):
+    result = invoke(identity, "--format", "json")
+    assert result.exit_code == exit_codes.OK
+    data = json.loads(result.stdout)  # stdout holds only the data
+    assert data["schema_version"] == 1 and data["method"] == "auto" and data["shape"] == [4, 4]
+    (element,) = data["elements"]
+    assert element["native"] == {"finite": False, "norm": "NaN"}
+    assert element["stabilized"]["finite"] is True
+    # auto at A = I: the polar probe's gradient is (W − Wᵀ)/2 (closed form).
+    w = make_probe("polar", (4, 4)).weights[0]
+    assert math.isclose(element["stabilized"]["norm"], float(torch.linalg.norm((w - w.T) / 2)))
+    assert element["guarded_pairs"] == 6 and element["gauge_invariant"] is True
+    assert data["totals"]["native_nonfinite"] == 1 and data["output"] is None
+
+
+def test_gauge_verdict_flips_between_polar_and_vectors(tied: Path):
+    polar = invoke(tied, "--fail-on", "gauge")
+    assert polar.exit_code == exit_codes.OK, polar.output
+    assert "invariant" in polar.stdout
+    vectors = invoke(tied, "--loss", "vectors", "--fail-on", "gauge")
+    assert vectors.exit_code == exit_codes.FINDINGS
+    assert "DEPENDS s1..s2" in vectors.stdout
+    assert "--fail-on gauge" in vectors.stderr
+    assert invoke(tied, "--loss", "vectors").exit_code == exit_codes.OK  # reported, not failed
+
+
+def test_fail_on_native_nonfinite(identity: Path, tmp_path: Path):
+    failed = invoke(identity, "--fail-on", "native-nonfinite")
+    assert failed.exit_code == exit_codes.FINDINGS
+    assert "--fail-on native-nonfinite" in failed.stderr
+    fine = save(tmp_path / "fine.npy", with_singular_values([3.0, 2.0, 1.0], 3, 3))
+    assert invoke(fine, "--fail-on", "native-nonfinite", "--fail-on", "gauge").exit_code == 0
+
+
+def test_nonfinite_input_exits_1(tmp_path: Path):
+    a = random_matrix(2, 3, 3)
+    a[0, 1, 1] = math.nan
+    result = invoke(save(tmp_path / "nan.npy", a))
+    assert result.exit_code == exit_codes.FINDINGS
+    assert "NaN/Inf" in result.stdout
+    assert "stabilized gradient is not finite for 1 of 2 matrices" in result.stderr
+
+
+def test_existing_output_needs_force_and_the_input_is_never_overwritten(identity: Path, tmp_path):
+    out = tmp_path / "g.npy"
+    out.write_bytes(b"keep")
+    refused = invoke(identity, "-o", out)
+    assert refused.exit_code == exit_codes.USAGE
+    assert "exists; pass --force to overwrite" in refused.stderr
+    assert out.read_bytes() == b"keep"
+    assert invoke(identity, "-o", out, "--force").exit_code == exit_codes.OK
+    assert torch.equal(load(out), library_gradient(torch.eye(4, dtype=torch.float64)))
+    before = identity.read_bytes()
+    same = invoke(identity, "-o", identity, "--force")
+    assert same.exit_code == exit_codes.USAGE
+    assert "refusing to overwrite the input" in same.stderr
+    assert identity.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing file", "missing.npy"),
+        ("bad key", "nope"),
+        ("wrong upstream shape", r"up.npz\[U\].*expected \(4, 4\)"),
+        ("eps with auto", "eps applies to"),
+        ("1-D input", r"shape \(4,\) is not a matrix"),
+        ("integer dtype", "int64 is not a floating dtype"),
+        ("loss with upstream", "--loss and --upstream are exclusive"),
+        ("bad output suffix", "cannot write '.txt'"),
+    ],
+)
+def test_usage_and_input_errors_exit_2(tmp_path: Path, case: str, message: str):
+    matrix = save(tmp_path / "m.npz", torch.eye(4, dtype=torch.float64))
+    upstream = tmp_path / "up.npz"
+    np.savez(upstream, U=np.zeros((4, 3)))
+    cases: dict[str, list[str | Path]] = {
+        "missing file": [tmp_path / "missing.npy"],
+        "bad key": [matrix, "--key", "nope"],
+        "wrong upstream shape": [matrix, "--upstream", upstream],
+        "eps with auto": [matrix, "--method", "auto", "--eps", "1e-6"],
+        "1-D input": [save(tmp_path / "v.npy", torch.ones(4))],
+        "integer dtype": [save(tmp_path / "i.npy", torch.ones(3, 3, dtype=torch.int64))],
+        "loss with upstream": [matrix, "--upstream", upstream, "--loss", "values"],
+        "bad output suffix": [matrix, "-o", tmp_path / "g.txt"],
+    }
+    result = invoke(*cases[case])
+    assert result.exit_code == exit_codes.USAGE, result.output
+    assert result.stderr.startswith("svdguard: error: ")
+    assert re.search(message, result.stderr), result.stderr
+    assert result.stdout == ""
+
+
+def test_unknown_option_values_are_usage_errors(identity: Path):
+    assert invoke(identity, "--method", "best").exit_code == exit_codes.USAGE
+    assert invoke(identity, "--fail-on", "everything").exit_code == exit_codes.USAGE
+
+
+COLOR = re.compile(r"\x1b\[[0-9;]*(3[0-9]|9[0-7])[0-9;]*m")  # SGR with a foreground colour
+
+
+def test_no_color_is_respected(identity: Path):
+    colored = invoke(identity, env={"FORCE_COLOR": "1", "NO_COLOR": ""})
+    assert COLOR.search(colored.stdout)
+    plain = invoke(identity, env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
+    assert plain.exit_code == exit_codes.OK
+    assert not COLOR.search(plain.stdout)
+    assert "✗ NaN" in plain.stdout
