@@ -19,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from svdguard.errors import InputError, UnsafeInputError
+from svdguard.errors import InputError, ResourceLimitError, UnsafeInputError
 from svdguard.io.dtypes import numpy_dtype_name, torch_dtype
 from svdguard.io.limits import MAX_NPY_HEADER_BYTES, element_count
 from svdguard.io.payload import numpy_bytes_to_tensor, read_exact
@@ -74,10 +74,11 @@ def read_header(stream: BinaryIO, *, path: str | Path, key: str | None = None) -
     length_bytes = _read_bytes(stream, struct.calcsize(length_format), "header length", path, key)
     (header_length,) = struct.unpack(length_format, length_bytes)
     if header_length > MAX_NPY_HEADER_BYTES:
-        raise _bad(
-            f"header length {header_length:,} bytes exceeds the limit of {MAX_NPY_HEADER_BYTES:,}",
-            path,
-            key,
+        raise ResourceLimitError(
+            f".npy header length {header_length:,} bytes exceeds the limit of "
+            f"{MAX_NPY_HEADER_BYTES:,} (a corrupt or hostile file)",
+            path=path,
+            key=error_key(key),
         )
     raw = _read_bytes(stream, header_length, "header", path, key)
     try:

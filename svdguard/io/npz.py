@@ -33,6 +33,8 @@ ZIP_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 MEMBER_SUFFIX = ".npy"
+#: Bytes zipfile reads per step while a member's header is parsed (see iter_npz_records).
+HEADER_READ_STEP = 64
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:
@@ -70,6 +72,11 @@ def iter_npz_records(path: Path, *, max_elements: int) -> list[TensorRecord]:
             for info in _members(archive, path):
                 key = info.filename[: -len(MEMBER_SUFFIX)]
                 with archive.open(info) as stream:
+                    # zipfile verifies the CRC-32 once it reaches the member's end, and by
+                    # default reads at least 4 KiB at a time: a small member would be read
+                    # whole and a damaged payload would fail the listing. Reading the header
+                    # in small steps leaves the payload (and its check) to the record's load().
+                    stream.MIN_READ_SIZE = HEADER_READ_STEP
                     header = npy.read_header(stream, path=path, key=key)
                 records.append(
                     TensorRecord(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from svdguard.errors import InputError
+from svdguard.errors import InputError, ResourceLimitError
 from svdguard.io import dtypes
 from svdguard.io.limits import MAX_SAFETENSORS_HEADER_BYTES, element_count
 from svdguard.io.payload import read_exact, torch_bytes_to_tensor
@@ -46,13 +46,18 @@ def _bad(message: str, path: Path, key: str | None = None) -> InputError:
     return InputError(f"invalid safetensors header: {message}", path=path, key=key)
 
 
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _parse_entry(key: str, entry: object, data_start: int, path: Path) -> SafetensorsEntry:
     if not isinstance(entry, dict):
-        raise _bad(f"entry is a {type(entry).__name__}, not an object", path, key)
+        raise _bad(f"the entry is not a JSON object (got {_json_type(entry)})", path, key)
     code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(code, str):
         raise _bad(f"dtype {code!r} is not a string", path, key)
@@ -92,10 +97,10 @@ def read_header(path: Path) -> list[SafetensorsEntry]:
                 )
             (length,) = _LENGTH.unpack(prefix)
             if length > MAX_SAFETENSORS_HEADER_BYTES:
-                raise _bad(
+                raise ResourceLimitError(
                     f"header length {length:,} bytes exceeds the limit of "
-                    f"{MAX_SAFETENSORS_HEADER_BYTES:,}",
-                    path,
+                    f"{MAX_SAFETENSORS_HEADER_BYTES:,} (a corrupt or hostile file)",
+                    path=path,
                 )
             if _LENGTH.size + length > file_size:
                 raise _bad(
@@ -111,7 +116,7 @@ def read_header(path: Path) -> list[SafetensorsEntry]:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise _bad("the header is not valid UTF-8 JSON", path) from None
     if not isinstance(header, dict):
-        raise _bad(f"the header is a JSON {type(header).__name__}, not an object", path)
+        raise _bad(f"the header is not a JSON object (got {_json_type(header)})", path)
     data_start = _LENGTH.size + length
     entries = [
         _parse_entry(key, entry, data_start, path)

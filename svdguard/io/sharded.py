@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from svdguard.errors import InputError
+from svdguard.errors import InputError, ResourceLimitError
 from svdguard.io.limits import MAX_INDEX_BYTES
 from svdguard.io.records import TensorRecord
 
@@ -36,7 +36,10 @@ def _load_weight_map(index: Path) -> dict[str, str]:
     try:
         size = index.stat().st_size
         if size > MAX_INDEX_BYTES:
-            raise _bad(f"{size:,} bytes exceeds the limit of {MAX_INDEX_BYTES:,}", index)
+            raise ResourceLimitError(
+                f"a checkpoint index of {size:,} bytes exceeds the limit of {MAX_INDEX_BYTES:,}",
+                path=index,
+            )
         raw = index.read_bytes()
     except OSError as err:
         raise InputError(f"cannot read: {err.strerror or err}", path=index) from None
@@ -103,7 +106,7 @@ def iter_sharded_records(
         missing = sorted(wanted - found)
         if missing:
             raise InputError(
-                f"the index {os.fspath(index.name)} maps {len(missing)} tensor(s) to this shard "
-                f"that it does not hold: {_list(missing)}",
-                path=shard_path,
+                f"maps {len(missing)} tensor(s) to the shard {shard} that it does not hold: "
+                f"{_list(missing)}; the index and its shards do not match (re-download them)",
+                path=index,
             )

@@ -1,0 +1,436 @@
+"""Write a corpus of malformed and hostile tensor files, one per failure class, in every format.
+
+Usage::
+
+    python tests/corpus/make_corpus.py DIRECTORY      # writes the files, prints the manifest
+
+or ``make_corpus(directory)`` from a test. Each file is paired with the svdguard
+error class that reading it must raise (through ``expand_inputs`` →
+``iter_records`` → ``record.load()``) and a substring of that error's message;
+``None`` marks a valid file (a NaN-filled matrix loads fine: reporting it is
+the numerics layer's job).
+
+Two files carry a pickle that, if anything ever executed it, would create a
+marker file in DIRECTORY (``MARKER_FILES``); they are written opcode by opcode,
+without the pickle module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from svdguard.errors import InputError, ResourceLimitError, SvdguardError, UnsafeInputError
+
+
+class CorpusCase(NamedTuple):
+    """A corpus entry: file (or directory) name, the error it must raise, a message substring."""
+
+    filename: str
+    error: type[SvdguardError] | None
+    message: str
+
+
+#: Files the hostile pickles would create (inside the corpus directory) if executed.
+MARKER_FILES = ("executed_by_npy.marker", "executed_by_pt.marker", "executed_by_raw_pt.marker")
+
+
+def hostile_pickle(marker: Path) -> bytes:
+    """Protocol-0 pickle opcodes for ``open(marker, "w")``: executing it creates ``marker``.
+
+    c GLOBAL builtins.open, ( MARK, V unicode args, t TUPLE, R REDUCE (call), . STOP.
+    """
+    return b"cbuiltins\nopen\n(V" + str(marker).encode() + b"\nVw\ntR."
+
+
+def npy_bytes(header: str | bytes, payload: bytes = b"", *, version: int = 1) -> bytes:
+    """A .npy file with a hand-written header literal (padded the way numpy pads it)."""
+    text = header.encode("latin-1") if isinstance(header, str) else header
+    length_format = "<H" if version == 1 else "<I"
+    prefix = 6 + 2 + struct.calcsize(length_format)
+    text += b" " * (-(prefix + len(text) + 1) % 64) + b"\n"
+    return (
+        b"\x93NUMPY" + bytes([version, 0]) + struct.pack(length_format, len(text)) + text + payload
+    )
+
+
+def safetensors_bytes(header: object, data: bytes = b"", *, length: int | None = None) -> bytes:
+    """A .safetensors file: 8-byte little-endian header length, JSON header (or raw bytes), data."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw) if length is None else length) + raw + data
+
+
+def _valid_safetensors() -> bytes:
+    data = np.arange(16, dtype="<f4").tobytes()
+    return safetensors_bytes(
+        {"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}, data
+    )
+
+
+def _npz_bytes(members: dict[str, bytes], *, compression: int = zipfile.ZIP_STORED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def _npy_of(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _torch_zip_with_pickle(pickle_bytes: bytes) -> bytes:
+    """A torch.save zip archive whose data.pkl is replaced by ``pickle_bytes``."""
+    original = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, original)
+    result = io.BytesIO()
+    with (
+        zipfile.ZipFile(io.BytesIO(original.getvalue())) as source,
+        zipfile.ZipFile(result, "w", compression=zipfile.ZIP_STORED) as target,
+    ):
+        for info in source.infolist():
+            content = source.read(info.filename)
+            if info.filename.endswith("/data.pkl"):
+                content = pickle_bytes
+            target.writestr(info.filename, content)
+    return result.getvalue()
+
+
+def _torch_bytes(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _index(weight_map: object) -> bytes:
+    return json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+
+
+def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], type | None, str]]:
+    valid_st = _valid_safetensors()
+    f32_4x4 = np.arange(16, dtype="<f4").tobytes()
+    st_entry = {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}
+    npy_f8 = "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }"
+    valid_npy = _npy_of(np.arange(12.0).reshape(3, 4))
+    corrupt_member = bytearray(_npz_bytes({"w.npy": valid_npy}))
+    # Flip a byte of the last element's data (a stored member): the CRC-32 no longer matches.
+    corrupt_member[corrupt_member.find(valid_npy) + len(valid_npy) - 4] ^= 0xFF
+    valid_npz = _npz_bytes({"w.npy": valid_npy, "b.npy": _npy_of(np.ones(3))})
+    nan = _npy_of(np.full((4, 3), np.nan))
+    return [
+        # --- safetensors -----------------------------------------------------------------
+        (
+            "st_header_past_end.safetensors",
+            safetensors_bytes({}, length=4096),
+            InputError,
+            "runs past the end",
+        ),
+        (
+            "st_header_absurd_length.safetensors",
+            safetensors_bytes({}, length=2**40),
+            ResourceLimitError,
+            "exceeds the limit",
+        ),
+        ("st_short_prefix.safetensors", b"\x05\x00\x00", InputError, "8-byte length prefix"),
+        (
+            "st_invalid_json.safetensors",
+            safetensors_bytes(b'{"w": {"dtype": '),
+            InputError,
+            "not valid UTF-8 JSON",
+        ),
+        (
+            "st_not_utf8.safetensors",
+            safetensors_bytes(b'{"\xff\xfe": 1}'),
+            InputError,
+            "not valid UTF-8 JSON",
+        ),
+        (
+            "st_header_not_dict.safetensors",
+            safetensors_bytes([1, 2, 3]),
+            InputError,
+            "not a JSON object (got array)",
+        ),
+        (
+            "st_entry_not_dict.safetensors",
+            safetensors_bytes({"w": 5}),
+            InputError,
+            "entry is not a JSON object (got number)",
+        ),
+        (
+            "st_unknown_dtype.safetensors",
+            safetensors_bytes({"w": {**st_entry, "dtype": "F4X"}}, f32_4x4),
+            InputError,
+            "unknown dtype 'F4X'",
+        ),
+        (
+            "st_negative_dim.safetensors",
+            safetensors_bytes({"w": {**st_entry, "shape": [-4, -4]}}, f32_4x4),
+            InputError,
+            "not a list of non-negative integers",
+        ),
+        (
+            "st_shape_not_list.safetensors",
+            safetensors_bytes({"w": {**st_entry, "shape": "4x4"}}, f32_4x4),
+            InputError,
+            "not a list of non-negative integers",
+        ),
+        (
+            "st_overlapping_offsets.safetensors",
+            safetensors_bytes(
+                {"a": st_entry, "b": {**st_entry, "data_offsets": [32, 96]}}, f32_4x4 * 2
+            ),
+            InputError,
+            "overlap",
+        ),
+        (
+            "st_offsets_reversed.safetensors",
+            safetensors_bytes({"w": {**st_entry, "data_offsets": [64, 0]}}, f32_4x4),
+            InputError,
+            "end before they begin",
+        ),
+        (
+            "st_offsets_out_of_range.safetensors",
+            safetensors_bytes({"w": {**st_entry, "data_offsets": [10**15, 10**15 + 64]}}, f32_4x4),
+            InputError,
+            "data_offsets end at byte",
+        ),
+        (
+            "st_byte_count_mismatch.safetensors",
+            safetensors_bytes({"w": {**st_entry, "data_offsets": [0, 60]}}, f32_4x4),
+            InputError,
+            "needs 64 bytes but data_offsets [0, 60] hold 60",
+        ),
+        (
+            "st_huge_shape.safetensors",
+            safetensors_bytes(
+                {"w": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 4 * 10**12]}}
+            ),
+            ResourceLimitError,
+            "1,000,000,000,000 elements",
+        ),
+        ("st_truncated_payload.safetensors", valid_st[:-20], InputError, "payload truncated"),
+        # --- npy -------------------------------------------------------------------------
+        ("npy_bad_magic.npy", b"\x93NUMPZ\x01\x00" + valid_npy[8:], InputError, "bad magic"),
+        ("npy_truncated_header.npy", valid_npy[:40], InputError, "ends inside the header"),
+        ("npy_truncated_payload.npy", valid_npy[:-10], InputError, "payload truncated"),
+        (
+            "npy_object_pickle.npy",
+            npy_bytes(
+                "{'descr': '|O', 'fortran_order': False, 'shape': (1,), }",
+                hostile_pickle(directory / MARKER_FILES[0]),
+            ),
+            UnsafeInputError,
+            "object arrays are stored as pickles",
+        ),
+        (
+            "npy_absurd_shape.npy",
+            npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (1000000, 1000000), }"),
+            ResourceLimitError,
+            "exceeds the limit",
+        ),
+        (
+            "npy_unicode_dtype.npy",
+            _npy_of(np.array(["a", "bc"])),
+            InputError,
+            "not a numeric dtype",
+        ),
+        (
+            "npy_negative_dim.npy",
+            npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (-3, 4), }"),
+            InputError,
+            "not a tuple of non-negative integers",
+        ),
+        (
+            "npy_header_not_literal.npy",
+            npy_bytes("__import__('os').system('echo owned')"),
+            InputError,
+            "not a Python dict literal",
+        ),
+        (
+            "npy_header_missing_keys.npy",
+            npy_bytes("{'descr': '<f8'}"),
+            InputError,
+            "must be a dict with keys",
+        ),
+        (
+            "npy_header_absurd_length.npy",
+            b"\x93NUMPY\x02\x00" + struct.pack("<I", 2**31) + b"{",
+            ResourceLimitError,
+            "header length",
+        ),
+        (
+            "npy_bad_version.npy",
+            b"\x93NUMPY\x07\x00" + valid_npy[8:],
+            InputError,
+            "unsupported format version 7.0",
+        ),
+        (
+            "npy_bad_descr.npy",
+            npy_bytes(npy_f8.replace("<f8", "not-a-dtype"), b"\x00" * 96),
+            InputError,
+            "not a numpy dtype",
+        ),
+        # --- npz -------------------------------------------------------------------------
+        (
+            "npz_not_a_zip.npz",
+            b"PK\x03\x04 but not really a zip archive",
+            InputError,
+            "not a valid .npz (zip) archive",
+        ),
+        (
+            "npz_truncated_archive.npz",
+            valid_npz[: len(valid_npz) // 2],
+            InputError,
+            "not a valid .npz (zip) archive",
+        ),
+        (
+            "npz_non_npy_member.npz",
+            _npz_bytes({"w.npy": valid_npy, "README.txt": b"hi"}),
+            InputError,
+            "member 'README.txt' is not a .npy array",
+        ),
+        ("npz_corrupt_member.npz", bytes(corrupt_member), InputError, "corrupt member"),
+        (
+            "npz_truncated_member.npz",
+            _npz_bytes({"w.npy": valid_npy[:-16]}),
+            InputError,
+            "payload truncated",
+        ),
+        (
+            "npz_object_member.npz",
+            _npz_bytes(
+                {
+                    "w.npy": npy_bytes(
+                        "{'descr': '|O', 'fortran_order': False, 'shape': (1,), }", b"N."
+                    )
+                }
+            ),
+            UnsafeInputError,
+            "object arrays are stored as pickles",
+        ),
+        (
+            "npz_bad_member_header.npz",
+            _npz_bytes({"w.npy": b"not an npy header at all"}),
+            InputError,
+            "bad magic",
+        ),
+        # --- sharded index ---------------------------------------------------------------
+        (
+            "idx_invalid_json.safetensors.index.json",
+            b'{"weight_map": {',
+            InputError,
+            "not valid UTF-8 JSON",
+        ),
+        (
+            "idx_no_weight_map.safetensors.index.json",
+            b'{"metadata": {}}',
+            InputError,
+            'no "weight_map" object',
+        ),
+        (
+            "idx_weight_map_not_dict.safetensors.index.json",
+            _index(["a", "b"]),
+            InputError,
+            '"weight_map" must map tensor names to shard file names',
+        ),
+        (
+            "idx_shard_missing.safetensors.index.json",
+            _index({"w": "missing-00001-of-00001.safetensors"}),
+            InputError,
+            "'missing-00001-of-00001.safetensors' is missing",
+        ),
+        (
+            "idx_shard_outside.safetensors.index.json",
+            _index({"w": "../outside.safetensors"}),
+            InputError,
+            "outside the index's directory",
+        ),
+        (
+            "idx_shard_absolute.safetensors.index.json",
+            _index({"w": "/tmp/abs.safetensors"}),
+            InputError,
+            "is an absolute path",
+        ),
+        (
+            "idx_key_not_in_shard.safetensors.index.json",
+            _index({"not_there": "st_valid_shard.safetensors"}),
+            InputError,
+            "does not hold: not_there",
+        ),
+        ("st_valid_shard.safetensors", valid_st, None, ""),
+        # --- torch -----------------------------------------------------------------------
+        (
+            "pt_pickle_payload.pt",
+            _torch_zip_with_pickle(hostile_pickle(directory / MARKER_FILES[1])),
+            UnsafeInputError,
+            "refused",
+        ),
+        (
+            "pt_raw_pickle_payload.pt",
+            hostile_pickle(directory / MARKER_FILES[2]),
+            UnsafeInputError,
+            "refused",
+        ),
+        (
+            "pt_truncated_zip.pt",
+            _torch_bytes({"w": torch.ones(64)})[:300],
+            InputError,
+            "not a readable torch checkpoint",
+        ),
+        ("pt_not_a_dict.pt", _torch_bytes([1, 2, 3]), InputError, "holds a list, not a state dict"),
+        # --- empty files, unknown suffix, empty directory, a valid NaN matrix ------------
+        ("empty.npy", b"", InputError, "the file is empty"),
+        ("empty.npz", b"", InputError, "the file is empty"),
+        ("empty.safetensors", b"", InputError, "the file is empty"),
+        ("empty.pt", b"", InputError, "the file is empty"),
+        ("empty.safetensors.index.json", b"", InputError, "the file is empty"),
+        ("weights.h5", b"\x89HDF\r\n\x1a\n", InputError, "unknown file type '.h5'"),
+        ("nothing_readable", _make_unreadable_directory, InputError, "holds no"),
+        ("nan_matrix.npy", nan, None, ""),
+    ]
+
+
+def _make_unreadable_directory(path: Path) -> None:
+    path.mkdir(exist_ok=True)
+    (path / "notes.txt").write_text("no tensors here\n")
+    (path / "config.json").write_text("{}\n")
+
+
+def make_corpus(directory: str | Path) -> list[CorpusCase]:
+    """Write every corpus file into ``directory`` (created if needed) and return the manifest."""
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for name, content, error, message in _cases(directory):
+        target = directory / name
+        if callable(content):
+            content(target)
+        else:
+            target.write_bytes(content)
+        manifest.append(CorpusCase(name, error, message))
+    return manifest
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(f"usage: {argv[0]} DIRECTORY", file=sys.stderr)
+        return 2
+    for case in make_corpus(argv[1]):
+        error = case.error.__name__ if case.error else "-"
+        print(f"{case.filename}\t{error}\t{case.message}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
