@@ -39,15 +39,21 @@ def time_once(svd_fn, a: torch.Tensor, w1, w2) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch_svd = lambda x: torch.linalg.svd(x, full_matrices=False)  # noqa: E731
     ours = lambda x: svdguard.svd(x)  # noqa: E731
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats (median)")
-    print(f"{'case':<14}{'dtype':<9}{'fwd torch':>11}{'fwd ours':>11}{'bwd torch':>11}{'bwd ours':>11}"
-          f"{'bwd ratio':>11}{'total ratio':>13}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats (median)"
+    )
+    print(
+        f"{'case':<14}{'dtype':<9}{'fwd torch':>11}{'fwd ours':>11}{'bwd torch':>11}{'bwd ours':>11}"
+        f"{'bwd ratio':>11}{'total ratio':>13}"
+    )
     for label, shape in CASES:
         for dtype in (torch.float32, torch.float64):
             g = torch.Generator().manual_seed(0)
@@ -65,8 +71,10 @@ def main() -> None:
                 for name, v in samples.items()
             }
             (ft, bt), (fo, bo) = med["torch"], med["ours"]
-            print(f"{label:<14}{str(dtype)[6:]:<9}{ft*1e3:>9.2f}ms{fo*1e3:>9.2f}ms{bt*1e3:>9.2f}ms"
-                  f"{bo*1e3:>9.2f}ms{bo/bt:>11.2f}{(fo+bo)/(ft+bt):>13.2f}")
+            print(
+                f"{label:<14}{str(dtype)[6:]:<9}{ft * 1e3:>9.2f}ms{fo * 1e3:>9.2f}ms{bt * 1e3:>9.2f}ms"
+                f"{bo * 1e3:>9.2f}ms{bo / bt:>11.2f}{(fo + bo) / (ft + bt):>13.2f}"
+            )
 
 
 if __name__ == "__main__":

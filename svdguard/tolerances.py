@@ -95,14 +95,20 @@ def default_clamp_eps(sigma_max: torch.Tensor, dtype: torch.dtype) -> torch.Tens
 
     Gaps below √ε·σ_max leave fewer than half the digits in the difference part
     (its numerator carries an absolute error ≈ ε·σ_max), so clamping there
-    trades little accuracy; gaps above it are untouched.
+    trades little accuracy; gaps above it are untouched. Floored at the
+    smallest normal number so that the zero matrix does not divide by zero.
     """
-    return sigma_max * math.sqrt(machine_eps(dtype))
+    floor = torch.finfo(real_dtype(dtype)).tiny
+    return (sigma_max * math.sqrt(machine_eps(dtype))).clamp_min(floor)
 
 
 def default_lorentz_eps(sigma_max: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Default broadening of ``method="lorentz"``: (√ε · σ_max)² = ε · σ_max² (units of s²)."""
-    return sigma_max * sigma_max * machine_eps(dtype)
+    """Default broadening of ``method="lorentz"``: (√ε · σ_max)² = ε · σ_max² (units of s²).
+
+    Floored at the smallest normal number, as :func:`default_clamp_eps`.
+    """
+    floor = torch.finfo(real_dtype(dtype)).tiny
+    return (sigma_max * sigma_max * machine_eps(dtype)).clamp_min(floor)
 
 
 def default_max_cond(dtype: torch.dtype) -> float:

@@ -17,7 +17,9 @@ def haar_unitary(size: int, *, dtype: torch.dtype, generator: torch.Generator) -
     """A Haar-random orthogonal (unitary for complex dtypes) size×size matrix (QR of a Gaussian)."""
     real = torch.randn(size, size, dtype=torch.float64, generator=generator)
     if dtype.is_complex:
-        real = torch.complex(real, torch.randn(size, size, dtype=torch.float64, generator=generator))
+        real = torch.complex(
+            real, torch.randn(size, size, dtype=torch.float64, generator=generator)
+        )
     q, r = torch.linalg.qr(real)
     # Fix the phases so the distribution is Haar: Q · diag(r_ii / |r_ii|).
     d = torch.diagonal(r)
@@ -82,6 +84,7 @@ def central_difference_grad(
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """‖actual − expected‖ / max(‖expected‖, tiny): one number per comparison."""
+    actual, expected = actual.detach(), expected.detach()
     scale = max(float(expected.abs().max()), torch.finfo(torch.float64).tiny)
     return float((actual - expected).abs().max()) / scale
 
@@ -93,3 +96,21 @@ def exactness_tolerance(dtype: torch.dtype, factor: float = 1e3) -> float:
     size ≤ 32 with relative gaps ≥ 1e-2); the float64 default is 2.2e-13.
     """
     return factor * machine_eps(dtype)
+
+
+def finite_difference_tolerance() -> float:
+    """Agreement of an exact float64 gradient with :func:`central_difference_grad`: 1e3·ε^(4/5) ≈ 3e-10.
+
+    ε^(4/5) is the accuracy of the fourth-order stencil at its optimal step;
+    the factor covers derivatives of size up to ~1e3 on the test problems.
+    """
+    return 1e3 * machine_eps(torch.float64) ** 0.8
+
+
+def near_tie_tolerance(gap: float, sigma_max: float, dtype: torch.dtype = torch.float64) -> float:
+    """Accuracy of the difference part at a gap (MATH.md §2): ε·σ_max/gap, relative.
+
+    Its numerator carries an absolute error of about ε·σ_max·‖G‖, divided by
+    the gap; nothing computed from the factors can do better.
+    """
+    return machine_eps(dtype) * sigma_max / gap

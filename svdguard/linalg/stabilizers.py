@@ -53,7 +53,9 @@ def split_parts(
 
 def _phase_diagonal(jk_diff: torch.Tensor, inv_sigma: torch.Tensor) -> torch.Tensor:
     """(J − K)_ii / (2 · 2 s_i): zero for real inputs, the phase term for complex ones."""
-    return torch.diag_embed(jk_diff.diagonal(dim1=-2, dim2=-1) * inv_sigma.diagonal(dim1=-2, dim2=-1) / 2)
+    return torch.diag_embed(
+        jk_diff.diagonal(dim1=-2, dim2=-1) * inv_sigma.diagonal(dim1=-2, dim2=-1) / 2
+    )
 
 
 def exact_sum_part(s: torch.Tensor, tau: torch.Tensor, jk_diff: torch.Tensor) -> torch.Tensor:
@@ -119,7 +121,11 @@ def auto_inner(
 
 
 def lorentz_inner(
-    s: torch.Tensor, tau: torch.Tensor, jk_sum: torch.Tensor, jk_diff: torch.Tensor, eps: torch.Tensor
+    s: torch.Tensor,
+    tau: torch.Tensor,
+    jk_sum: torch.Tensor,
+    jk_diff: torch.Tensor,
+    eps: torch.Tensor,
 ) -> torch.Tensor:
     """Lorentzian broadening of the difference part only: 1/d → d / (d² + eps).
 
@@ -206,13 +212,13 @@ def inverse_singular_values(
 ) -> torch.Tensor:
     """The 1/s_i of the rectangular terms, guarded the way each method guards its kernel.
 
-    auto, taylor, trivialize: exact, dropped where s_i ≤ τ; clamp: 1/max(s_i, eps);
-    lorentz: s_i / (s_i² + eps).
+    Every method drops the term where s_i ≤ τ (a zero singular value: its
+    singular vector on the long side is arbitrary). Above τ: auto, taylor,
+    trivialize exact; clamp 1/max(s_i, eps); lorentz s_i / (s_i² + eps).
     """
-    if method == "clamp":
-        assert eps is not None
-        return 1.0 / torch.maximum(s, eps.squeeze(-1))
-    if method == "lorentz":
-        assert eps is not None
-        return s / (s * s + eps.squeeze(-1))
-    return masked_reciprocal(s, s > tau.squeeze(-1))
+    keep = s > tau.squeeze(-1)
+    if method == "clamp" and eps is not None:
+        return torch.where(keep, 1.0 / torch.maximum(s, eps.squeeze(-1)), 0.0)
+    if method == "lorentz" and eps is not None:
+        return torch.where(keep, s / (s * s + eps.squeeze(-1)), 0.0)
+    return masked_reciprocal(s, keep)

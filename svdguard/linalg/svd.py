@@ -88,7 +88,12 @@ class _SVDFunction(torch.autograd.Function):
         gU = None if gU is None else gU[..., :k]
         gVh = None if gVh is None else gVh[..., :k, :]
         if k == 0:
-            return torch.zeros(*U.shape[:-2], m, n, dtype=U.dtype, device=U.device), None, None, None
+            return (
+                torch.zeros(*U.shape[:-2], m, n, dtype=U.dtype, device=U.device),
+                None,
+                None,
+                None,
+            )
         config: BackwardConfig = ctx.config
         visible = _values_visible(S)
         if visible and (U.is_complex() or ctx.gauge_check or config.method == "trivialize"):
@@ -127,7 +132,9 @@ def _check_matrix(A: Any, what: str) -> torch.Tensor:
     if not isinstance(A, torch.Tensor):
         raise InputError(f"{what} expects a torch.Tensor, got {type(A).__name__}")
     if A.dim() < 2:
-        raise InputError(f"{what} expects a matrix or a batch of matrices (..., m, n), got shape {tuple(A.shape)}")
+        raise InputError(
+            f"{what} expects a matrix or a batch of matrices (..., m, n), got shape {tuple(A.shape)}"
+        )
     if not (A.dtype.is_floating_point or A.dtype.is_complex):
         raise InputError(f"{what} expects a floating or complex tensor, got dtype {A.dtype}")
     target = compute_dtype(A.dtype)

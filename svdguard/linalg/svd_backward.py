@@ -25,7 +25,9 @@ class BackwardConfig:
     """A method and its parameter, as validated by :func:`svdguard.svd`."""
 
     method: str  # auto | clamp | lorentz | taylor | trivialize
-    eps: float | None = None  # clamp: absolute floor of |s_i − s_j|; lorentz: broadening (units of s²)
+    eps: float | None = (
+        None  # clamp: absolute floor of |s_i − s_j|; lorentz: broadening (units of s²)
+    )
     degree: int = 9  # taylor: P
     max_cond: float | None = None  # trivialize: κ above which the gradient is zero
 
