@@ -229,14 +229,18 @@ def svd(
     and so do ``torch.func.vmap/grad/jacrev`` (under vmap the value-dependent
     warnings and checks are skipped).
 
+    The gradient of ⟨W, U Vᴴ⟩ at the identity (every singular value tied) is
+    (W − Wᵀ)/2; torch.linalg.svd's backward returns NaN there:
+
     >>> import torch, svdguard
     >>> A = torch.eye(3, dtype=torch.float64, requires_grad=True)
+    >>> W = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
     >>> U, S, Vh = svdguard.svd(A)
-    >>> (U @ Vh).trace().backward()  # torch.linalg.svd gives NaN here
+    >>> (W * (U @ Vh)).sum().backward()
     >>> A.grad
-    tensor([[0., 0., 0.],
-            [0., 0., 0.],
-            [0., 0., 0.]], dtype=torch.float64)
+    tensor([[ 0.0000,  0.5000,  0.0000],
+            [-0.5000,  0.0000,  0.0000],
+            [ 0.0000,  0.0000,  0.0000]], dtype=torch.float64)
     """
     A = _check_matrix(A, "svdguard.svd")
     config = _make_config(method, eps, degree, max_cond)
