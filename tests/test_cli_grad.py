@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import random_matrix, with_singular_values
+from helpers import central_difference_grad, random_matrix, relative_error, with_singular_values
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -18,6 +18,7 @@ import svdguard
 from svdguard.cli import exit_codes
 from svdguard.cli.app import app
 from svdguard.probes import factor_shapes, make_probe
+from svdguard.tolerances import machine_eps
 
 runner = CliRunner()
 
@@ -233,3 +234,33 @@ def test_no_color_is_respected(identity: Path):
     assert plain.exit_code == exit_codes.OK
     assert not COLOR.search(plain.stdout)
     assert "✗ NaN" in plain.stdout
+
+
+def test_near_tie_torch_is_finite_but_wrong_and_the_written_gradient_is_right(tied: Path, tmp_path):
+    """At a computed gap of ~1e-16 torch divides noise by noise; the polar factor is smooth there."""
+    out = tmp_path / "g.npy"
+    result = invoke(tied, "-o", out)
+    assert result.exit_code == exit_codes.OK
+    assert "torch's gradient is finite but differs from it by up to" in result.stderr
+    a = torch.from_numpy(np.load(tied))
+    w = make_probe("polar", a.shape).weights[0]
+
+    def polar_loss(x: torch.Tensor) -> torch.Tensor:
+        u, _, vh = torch.linalg.svd(x)
+        return (w * (u @ vh)).sum()
+
+    expected = central_difference_grad(polar_loss, a)
+    # Fourth-order central differences are accurate to about ε^(4/5) (tests/helpers.py).
+    difference_tolerance = 1e3 * machine_eps(torch.float64) ** 0.8
+    assert relative_error(load(out), expected) <= difference_tolerance
+    data = json.loads(invoke(tied, "--format", "json").stdout)
+    # torch's finite gradient is off by orders of magnitude more than that.
+    assert data["elements"][0]["relative_difference"] > 1e6 * difference_tolerance
+
+
+def test_complex_matrix_with_a_phase_dependent_probe_is_a_usage_error(tmp_path: Path):
+    source = save(tmp_path / "c.npy", random_matrix(3, 3, dtype=torch.complex128, seed=1))
+    assert invoke(source).exit_code == exit_codes.OK  # polar ignores the phase
+    result = invoke(source, "--loss", "vectors")
+    assert result.exit_code == exit_codes.USAGE
+    assert "choose --loss polar, reconstruct or values" in result.stderr

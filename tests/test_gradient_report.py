@@ -132,7 +132,9 @@ def test_well_separated_gradients_agree_and_match_finite_differences(dtype):
         return probe64(u * signs, s, signs.unsqueeze(-1) * vh)
 
     expected = central_difference_grad(loss, a64)
-    assert relative_error(result.gradient.double(), expected) <= max(tol, 1e-8)
+    # Fourth-order central differences are accurate to about ε^(4/5) (tests/helpers.py).
+    difference_tolerance = 1e3 * machine_eps(torch.float64) ** 0.8
+    assert relative_error(result.gradient.double(), expected) <= max(tol, difference_tolerance)
     # κ and the smallest relative gap against numpy float64.
     s = np.linalg.svd(a64.numpy(), compute_uv=False)
     assert facts.condition_number == pytest.approx(s[0] / s[-1], rel=tol)

@@ -12,7 +12,7 @@ from svdguard.cli import exit_codes
 from svdguard.cli.app import app
 from svdguard.cli.guard import guarded, say
 from svdguard.cli.render_grad import print_table, to_json, verdict_lines
-from svdguard.errors import InputError
+from svdguard.errors import IllDefinedGradientError, InputError
 from svdguard.gradient_report import GradientReport, check_matrix, compare_gradients, resolve_method
 from svdguard.io import find_record, read_tensors, write_tensor
 from svdguard.linalg.svd import METHODS
@@ -170,9 +170,18 @@ def grad(
             seed=seed,
             dtype=compute_dtype(matrix.dtype),
         )
-    comparison = compare_gradients(
-        matrix, objective, method=method_name, eps=eps, degree=degree, max_cond=max_cond
-    )
+    try:
+        comparison = compare_gradients(
+            matrix, objective, method=method_name, eps=eps, degree=degree, max_cond=max_cond
+        )
+    except IllDefinedGradientError as err:
+        if upstream is not None:
+            raise
+        raise InputError(
+            f"{err}; for a complex matrix choose --loss polar, reconstruct or values",
+            path=path,
+            key=record.key or None,
+        ) from None
     report = comparison.report
 
     written = None

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from svdguard.gradient_report import ElementFacts, GradientReport
 
-CAPTION = (
+LEGEND = (
     "κ₂ = σ_max/σ_min · min gap = min_i gap_i / σ_max (xDISNA) · guarded = pairs i<j whose "
     "kernel the method changes · torch, {method} = the gradient of each backward: ✓ finite or "
     "✗ not, and ‖∂L/∂A‖_F · rel diff = "
@@ -65,17 +65,13 @@ def _title(report: GradientReport, source: str) -> str:
         if value is not None
     ]
     method = report.method + (f" ({', '.join(params)})" if params else "")
-    return f"{source}: {shape} {report.dtype}, method {method}, {report.objective}"
+    return f"{source}: {shape} {report.dtype} · method {method} · {report.objective}"
 
 
-def build_table(report: GradientReport, source: str) -> Table:
+def build_table(report: GradientReport) -> Table:
     """One row per matrix of the batch, plus a totals row for a batch."""
     batched = len(report.shape) > 2
-    table = Table(
-        title=_title(report, source),
-        caption=CAPTION.format(method=report.method),
-        caption_justify="left",
-    )
+    table = Table()
     if batched:
         table.add_column("matrix", no_wrap=True)
     table.add_column("κ₂", justify="right")
@@ -121,7 +117,9 @@ def print_table(report: GradientReport, source: str) -> None:
     """The table on stdout; Rich honours NO_COLOR and writes plain text when not on a terminal."""
     piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
     console = Console(file=sys.stdout, highlight=False, width=PIPE_WIDTH if piped else None)
-    console.print(build_table(report, source))
+    console.print(Text(_title(report, source), style="bold"))
+    console.print(build_table(report))
+    console.print(Text(LEGEND.format(method=report.method), style="dim"))
 
 
 def _jsonable(value: Any) -> Any:
@@ -144,6 +142,10 @@ def _of(part: int, count: int) -> str:
     return "" if count == 1 else f" for {part} of {count} matrices"
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def verdict_lines(report: GradientReport) -> list[str]:
     """How to read the result, one sentence per finding (for stderr)."""
     count = report.count
@@ -158,10 +160,23 @@ def verdict_lines(report: GradientReport) -> list[str]:
     if report.total_guarded_pairs:
         ties = sum(e.has_ties for e in report.elements)
         tied = f" ({ties} of {count} matrices have tied singular values)" if count > 1 else ""
+        pairs = _plural(report.total_guarded_pairs, "pair")
         lines.append(
-            f"the {report.method} backward changed the kernel of {report.total_guarded_pairs} "
-            f"pairs of close singular values{tied}."
+            f"the {report.method} backward changed the kernel of {pairs} of close singular "
+            f"values{tied}."
         )
+        differences = [
+            e.relative_difference
+            for e in report.elements
+            if e.guarded_pairs and e.relative_difference is not None
+        ]
+        if differences:
+            lines.append(
+                f"where it did, torch's gradient is finite but differs from it by up to "
+                f"{number(max(differences))} (relative): at a gap near rounding level torch "
+                "divides rounding noise by rounding noise; for clamp, lorentz and taylor part of "
+                "the difference is the stabilizer's own bias."
+            )
     if report.stabilized_nonfinite:
         lines.append(
             f"the {report.method} gradient is not finite{_of(report.stabilized_nonfinite, count)} "
