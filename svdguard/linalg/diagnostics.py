@@ -220,7 +220,12 @@ class _Numbers:
 
 
 def _spectrum_numbers(
-    s: torch.Tensor, m: int, n: int, storage: torch.dtype, computed_in: torch.dtype
+    s: torch.Tensor,
+    m: int,
+    n: int,
+    storage: torch.dtype,
+    computed_in: torch.dtype,
+    gap_rtol: float | None,
 ) -> _Numbers:
     """Every number of the report from the float64 spectrum ``s`` (k,) of an m×n matrix."""
     working = tolerances.compute_dtype(storage)
@@ -235,7 +240,11 @@ def _spectrum_numbers(
     rank_tol = tolerances.inspect_rank_tolerance(sigma_max, working, computed_in, m, n)
     rank = int((s > rank_tol).sum())
     tie_tol = tolerances.inspect_tie_tolerance(sigma_max, working, computed_in, m, n)
-    near_tol = tolerances.inspect_near_degenerate_tolerance(sigma_max, working)
+    if gap_rtol is None:
+        near_tol = tolerances.inspect_near_degenerate_tolerance(sigma_max, working)
+    else:
+        near_tol = gap_rtol * sigma_max
+    near_tol = max(near_tol, tie_tol)  # every tied pair is also near-degenerate
     gaps = singular_gaps(s, m, n)  # xDISNA: min_j≠i |s_i − s_j|, and s_i when m ≠ n
     min_gap = float(gaps.min())
     # gap/σ_max is 0/0 for the zero matrix: undefined, reported as None.
@@ -294,7 +303,7 @@ def _findings(
             Finding(
                 Flag.DEGENERATE,
                 Severity.WARNING,
-                f"{x.near_pairs} near-degenerate pair(s) (|s_i − s_j| ≤ √ε·σ_max = "
+                f"{x.near_pairs} near-degenerate pair(s) (|s_i − s_j| ≤ "
                 f"{x.near_tol:.2e}, smallest {gap / x.sigma_max:.2e}·σ_max): gradients through "
                 f"U or V are amplified up to {x.sigma_max / gap:.1e}×; {grad_hint}",
             )
@@ -357,15 +366,18 @@ def report_from_spectrum(
     computed_in: torch.dtype,
     device: str,
     max_cond: float | None = None,
+    gap_rtol: float | None = None,
 ) -> MatrixReport:
     """Turn the descending spectrum ``s`` (k,) of ``subject`` into its report.
 
     ``max_cond`` is the κ₂ threshold of the ``ill-conditioned`` flag; None takes
-    ``tolerances.inspect_max_cond`` of the working dtype.
+    ``tolerances.inspect_max_cond`` of the working dtype. ``gap_rtol`` is the
+    relative gap |s_i − s_j|/σ_max at or below which a pair is near-degenerate;
+    None takes ``tolerances.inspect_near_degenerate_tolerance`` (√ε_w).
     """
     m, n = subject.matrix_shape
     s = s.to(dtype=torch.float64, device="cpu")
-    x = _spectrum_numbers(s, m, n, subject.dtype, computed_in)
+    x = _spectrum_numbers(s, m, n, subject.dtype, computed_in, gap_rtol)
     if max_cond is None:
         max_cond = tolerances.inspect_max_cond(tolerances.compute_dtype(subject.dtype))
     return MatrixReport(
@@ -420,6 +432,7 @@ def diagnose(
     precision: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
     max_cond: float | None = None,
+    gap_rtol: float | None = None,
     path: str | None = None,
     key: str | None = None,
 ) -> MatrixReport:
@@ -427,6 +440,7 @@ def diagnose(
 
     ``precision`` (float64 by default) is the dtype the singular values are
     computed in; bf16/fp16/fp8 are upcast. ``device`` defaults to the tensor's.
+    ``max_cond`` and ``gap_rtol``: see :func:`report_from_spectrum`.
     NaN/Inf entries give a report with the ``nonfinite`` flag, never an
     exception; a decomposition that fails after its retry raises
     :class:`NumericalError`.
@@ -454,4 +468,5 @@ def diagnose(
         computed_in=spectrum.dtype,
         device=spectrum.device,
         max_cond=max_cond,
+        gap_rtol=gap_rtol,
     )

@@ -1,0 +1,333 @@
+"""What ``inspect`` hands on: frozen dataclasses of plain numbers and strings.
+
+This module is a leaf (standard library only), so every layer may import it:
+``svdguard.linalg.diagnostics`` fills a :class:`MatrixReport`,
+``svdguard.inspection`` adds :class:`FailedReport` and :class:`SkippedTensor`
+rows, and the CLI renders all three through ``to_dict()``.
+
+Units: every singular value, gap and tolerance is absolute (the units of the
+matrix entries) unless its name starts with ``rel_`` or says ``relative``.
+Floats may be ``inf`` (κ of a singular matrix) and ``None`` means "not
+defined" (e.g. every number of a matrix holding NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+#: Version of the JSON document ``svdguard inspect --format json`` writes
+#: (``svdguard/cli/inspect_schema.json``); bumped when a field changes meaning or goes away.
+SCHEMA_VERSION = 1
+
+
+class Severity(str, Enum):
+    """How bad a finding is; ordered ``ERROR > WARNING > INFO``.
+
+    * ``error``: the numbers cannot be trusted or gradients do not exist
+      (non-finite entries, tied singular values, a failed decomposition).
+    * ``warning``: well defined but ill-posed (ill-conditioned, rank-deficient,
+      near-degenerate above rounding level, all-zero).
+    * ``info``: context that changes how to read the numbers (the noise floor of
+      low-precision storage, a condition number at the resolution of float32).
+    """
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """3 for error, 2 for warning, 1 for info (0 is "no finding")."""
+        return {"error": 3, "warning": 2, "info": 1}[self.value]
+
+
+class Flag(str, Enum):
+    """The kinds of finding ``inspect`` reports; ``value`` is the name users see."""
+
+    NONFINITE = "nonfinite"
+    DEGENERATE = "degenerate"
+    RANK_DEFICIENT = "rank-deficient"
+    ILL_CONDITIONED = "ill-conditioned"
+    ZERO = "zero"
+    NOISE_FLOOR = "noise-floor"
+    UNRESOLVED = "unresolved"
+    FAILED = "failed"
+
+
+class SkipReason(str, Enum):
+    """Why a tensor was not analysed (each is counted in the summary)."""
+
+    EXCLUDED = "excluded"  #: its name did not pass --include / --exclude
+    SCALAR = "scalar"  #: 0-D
+    VECTOR = "1-d"  #: a vector (biases, norms)
+    EMPTY = "empty"  #: a dimension of size 0
+    INTEGER = "integer"  #: integer dtype (ids, counters, quantised payloads)
+    BOOL = "bool"  #: masks
+    UNSUPPORTED_DTYPE = "unsupported-dtype"  #: a dtype torch lacks (strings, float128, ...)
+    TOO_LARGE = "too-large"  #: above --max-elements or the memory available
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One flag raised on one matrix, with a sentence that states the numbers and the fix."""
+
+    flag: Flag
+    severity: Severity
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flag": self.flag.value, "severity": self.severity.value, "message": self.message}
+
+
+def json_number(value: float | None) -> float | str | None:
+    """A float for JSON: finite as a number, ±∞ as ``"inf"``/``"-inf"``, NaN/None as null."""
+    if value is None or math.isnan(value):
+        return None
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+@dataclass(frozen=True)
+class MatrixReport:
+    """Diagnostics of one matrix (a ≥3-D tensor is analysed as ``shape[0] × ∏ shape[1:]``).
+
+    Spectrum ``s_1 ≥ … ≥ s_k`` (k = min(m, n)), computed in ``compute_dtype``;
+    thresholds derived from the *working dtype* (the dtype the tensor is
+    decomposed in by its users: its own dtype, float32 for bf16/fp16/fp8), see
+    ``svdguard.tolerances``.
+    """
+
+    name: str  #: ``file[key]``, ``file`` for a bare .npy, or a caller's label
+    shape: tuple[int, ...]  #: the stored shape
+    matrix_shape: tuple[int, int]  #: (m, n) analysed
+    dtype: str  #: the storage dtype, as torch spells it ("bfloat16")
+    compute_dtype: str  #: the dtype the singular values were computed in
+    device: str  #: where they were computed ("cpu", "cuda:0")
+    path: str | None = None
+    key: str | None = None
+    nonfinite: int = 0  #: count of NaN/±Inf entries; when > 0 the numbers below are None
+    sigma_max: float | None = None
+    sigma_min: float | None = None
+    cond: float | None = None  #: κ₂ = σ_max/σ_min as computed; inf when σ_min = 0
+    cond_resolved: bool | None = None  #: False when σ_min is below the computation's resolution
+    cond_lower_bound: float | None = None  #: σ_max/(σ_min + τ_compute): κ₂ is at least this
+    rank: int | None = None  #: numerical rank: #{s_i > rank_tol}
+    rank_tol: float | None = None
+    rel_min_gap: float | None = None  #: min_i gap_i/σ_max, gap_i as LAPACK xDISNA (see diagnostics)
+    tie_tol: float | None = None  #: pairs with |s_i − s_j| ≤ this are tied (rounding level)
+    near_degenerate_tol: float | None = None  #: pairs with |s_i − s_j| ≤ this are near-degenerate
+    tied_pairs: int | None = None
+    near_degenerate_pairs: int | None = None  #: includes the tied pairs
+    vector_error_bound: float | None = None  #: ε_w·σ_max/min_i gap_i (LAPACK, radians)
+    noise_floor: float | None = None  #: ε(storage)·σ_max, for bf16/fp16/fp8 storage only
+    below_noise_floor: int | None = None  #: singular values ≤ the noise floor
+    findings: tuple[Finding, ...] = field(default=())
+
+    @property
+    def severity(self) -> Severity | None:
+        """The worst severity among the findings; None when the matrix is clean."""
+        return worst_severity(f.severity for f in self.findings)
+
+    @property
+    def reshaped(self) -> bool:
+        """True when a ≥3-D tensor was flattened to a matrix."""
+        return len(self.shape) != 2
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return tuple(f.flag.value for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "matrix",
+            "name": self.name,
+            "path": self.path,
+            "key": self.key,
+            "shape": list(self.shape),
+            "matrix_shape": list(self.matrix_shape),
+            "reshaped": self.reshaped,
+            "dtype": self.dtype,
+            "compute_dtype": self.compute_dtype,
+            "device": self.device,
+            "nonfinite": self.nonfinite,
+            "sigma_max": json_number(self.sigma_max),
+            "sigma_min": json_number(self.sigma_min),
+            "cond": json_number(self.cond),
+            "cond_resolved": self.cond_resolved,
+            "cond_lower_bound": json_number(self.cond_lower_bound),
+            "rank": self.rank,
+            "rank_tol": json_number(self.rank_tol),
+            "rel_min_gap": json_number(self.rel_min_gap),
+            "tie_tol": json_number(self.tie_tol),
+            "near_degenerate_tol": json_number(self.near_degenerate_tol),
+            "tied_pairs": self.tied_pairs,
+            "near_degenerate_pairs": self.near_degenerate_pairs,
+            "vector_error_bound": json_number(self.vector_error_bound),
+            "noise_floor": json_number(self.noise_floor),
+            "below_noise_floor": self.below_noise_floor,
+            "severity": None if self.severity is None else self.severity.value,
+            "flags": list(self.flags),
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+@dataclass(frozen=True)
+class FailedReport:
+    """A tensor (``key`` set) or a whole file (``key`` None) that could not be analysed.
+
+    ``stage`` says where it broke: ``"read"`` (the file's header: nothing in it
+    was analysed), ``"load"`` (this tensor's payload) or ``"svd"`` (the
+    decomposition failed even after the retries). Always severity error.
+    """
+
+    name: str
+    reason: str
+    stage: str
+    path: str | None = None
+    key: str | None = None
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+
+    severity = Severity.ERROR
+
+    @property
+    def file_level(self) -> bool:
+        """True when a whole file could not be read (an input error: exit code 2)."""
+        return self.stage == "read"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "failed",
+            "name": self.name,
+            "path": self.path,
+            "key": self.key,
+            "shape": None if self.shape is None else list(self.shape),
+            "dtype": self.dtype,
+            "stage": self.stage,
+            "reason": self.reason,
+            "severity": self.severity.value,
+        }
+
+
+@dataclass(frozen=True)
+class SkippedTensor:
+    """A tensor that is not a matrix to analyse (counted in the summary by ``reason``)."""
+
+    name: str
+    reason: SkipReason
+    path: str | None = None
+    key: str | None = None
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    detail: str = ""  #: a sentence for the unusual reasons (too-large, unsupported-dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "skipped",
+            "name": self.name,
+            "path": self.path,
+            "key": self.key,
+            "shape": None if self.shape is None else list(self.shape),
+            "dtype": self.dtype,
+            "reason": self.reason.value,
+            "detail": self.detail,
+        }
+
+
+InspectionItem = MatrixReport | FailedReport | SkippedTensor
+
+
+def worst_severity(severities: Iterable[Severity | None]) -> Severity | None:
+    """The highest severity in ``severities`` (None entries ignored); None when there is none."""
+    present = [s for s in severities if s is not None]
+    return max(present, key=lambda s: s.rank) if present else None
+
+
+def item_severity(item: InspectionItem) -> Severity | None:
+    """A row's severity: its worst finding, error for a failed row, None for a skipped one."""
+    if isinstance(item, SkippedTensor):
+        return None
+    return item.severity
+
+
+@dataclass(frozen=True)
+class InspectionSummary:
+    """Counts over every row of a run; what the one-line summary and the exit code read."""
+
+    matrices: int
+    errors: int  #: matrices whose worst finding is an error
+    warnings: int
+    infos: int
+    clean: int
+    failed: int  #: failed rows (tensor- and file-level)
+    input_errors: int  #: files that could not be read at all
+    skipped: dict[str, int]  #: reason → count
+    worst: Severity | None
+
+    @classmethod
+    def of(cls, items: Iterable[InspectionItem]) -> InspectionSummary:
+        by_severity: Counter[Severity | None] = Counter()
+        skipped: Counter[str] = Counter()
+        failed = input_errors = matrices = 0
+        worst: Severity | None = None
+        for item in items:
+            if isinstance(item, SkippedTensor):
+                skipped[item.reason.value] += 1
+                continue
+            worst = worst_severity((worst, item_severity(item)))
+            if isinstance(item, FailedReport):
+                failed += 1
+                input_errors += item.file_level
+            else:
+                matrices += 1
+                by_severity[item.severity] += 1
+        return cls(
+            matrices=matrices,
+            errors=by_severity[Severity.ERROR],
+            warnings=by_severity[Severity.WARNING],
+            infos=by_severity[Severity.INFO],
+            clean=by_severity[None],
+            failed=failed,
+            input_errors=input_errors,
+            skipped=dict(sorted(skipped.items())),
+            worst=worst,
+        )
+
+    def reaches(self, level: Severity | None) -> bool:
+        """True when some row is at or above ``level`` (None: never)."""
+        return level is not None and self.worst is not None and self.worst.rank >= level.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "matrices": self.matrices,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "infos": self.infos,
+            "clean": self.clean,
+            "failed": self.failed,
+            "input_errors": self.input_errors,
+            "skipped": dict(self.skipped),
+            "worst": None if self.worst is None else self.worst.value,
+        }
+
+    def line(self) -> str:
+        """``"12 matrices: 2 error, 3 warning, 1 info, 6 clean; 3 skipped (1-d: 3)"``."""
+        text = (
+            f"{self.matrices} matri{'x' if self.matrices == 1 else 'ces'}: "
+            f"{self.errors} error, {self.warnings} warning, {self.infos} info, {self.clean} clean"
+        )
+        if self.failed:
+            text += f"; {self.failed} failed"
+            if self.input_errors:
+                text += f" ({self.input_errors} unreadable file{'s' * (self.input_errors > 1)})"
+        total_skipped = sum(self.skipped.values())
+        if total_skipped:
+            reasons = ", ".join(f"{reason}: {count}" for reason, count in self.skipped.items())
+            text += f"; {total_skipped} skipped ({reasons})"
+        return text
