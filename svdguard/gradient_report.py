@@ -210,16 +210,31 @@ def _torch_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return u, s, vh
 
 
-def _factor_grads(
-    objective: Objective, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(∂L/∂U, ∂L/∂S, ∂L/∂Vh) at given factors: the upstream gradients the backward receives."""
-    leaves = tuple(x.detach().requires_grad_(True) for x in (u, s, vh))
-    loss = objective(*leaves)
-    if not loss.requires_grad:  # the objective ignores all three factors
-        return None, None, None
-    gu, gs, gvh = torch.autograd.grad(loss, leaves, allow_unused=True)
-    return gu, gs, gvh
+@dataclass(frozen=True)
+class _NativeRun:
+    """torch.linalg.svd's factors, the upstream gradients it receives, and its dL/dA."""
+
+    factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    grad_u: torch.Tensor | None
+    grad_vh: torch.Tensor | None
+    gradient: torch.Tensor | None  #: None when torch's backward raised
+    error: str | None
+
+
+def _native_run(work: torch.Tensor, objective: Objective) -> _NativeRun:
+    """One torch SVD serves the native gradient, the gauge check and the spectrum facts."""
+    leaf = work.detach().requires_grad_(True)
+    u, s, vh = _torch_svd(leaf)
+    loss = objective(u, s, vh)
+    # (∂L/∂U, ∂L/∂S, ∂L/∂Vh): what the SVD backward receives from the loss.
+    grad_u, _, grad_vh = torch.autograd.grad(loss, (u, s, vh), allow_unused=True, retain_graph=True)
+    gradient, error = None, None
+    try:
+        (gradient,) = torch.autograd.grad(loss, leaf)
+    except RuntimeError as err:  # e.g. torch's check that a complex loss ignores the phase
+        error = str(err).strip().splitlines()[0]
+    factors = (u.detach(), s.detach(), vh.detach())
+    return _NativeRun(factors, grad_u, grad_vh, gradient, error)
 
 
 def _frobenius(x: torch.Tensor) -> torch.Tensor:
@@ -264,7 +279,7 @@ def compare_gradients(
     ``gradient`` equals ``torch.autograd.grad(objective(*svd(a, method=...)), a)``.
     """
     check_matrix(a)
-    *batch, m, n = a.shape
+    m, n = a.shape[-2:]
     finite_input = _all_finite(a)
     every_finite = bool(finite_input.all())
     # The SVD drivers reject NaN/Inf: decompose the identity in place of such matrices
@@ -283,11 +298,8 @@ def compare_gradients(
         dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, SvdguardWarning))
     )
 
-    native_error: str | None = None
-    try:
-        native: torch.Tensor | None = _backprop(work, _torch_svd, objective)
-    except RuntimeError as err:  # e.g. torch's check that a complex loss ignores the phase
-        native, native_error = None, str(err).strip().splitlines()[0]
+    run = _native_run(work, objective)
+    native, native_error = run.gradient, run.error
 
     nan = torch.full((), math.nan, dtype=a.dtype)
     if not every_finite:
@@ -295,10 +307,48 @@ def compare_gradients(
         if native is not None:
             native = torch.where(finite_input[..., None, None], native, nan)
 
-    with torch.no_grad():
-        u, s, vh = _torch_svd(work)
-    gu, _, gvh = _factor_grads(objective, u, s, vh)
-    violations = find_gauge_violations(u, s, vh, gu, gvh)
+    elements = _element_facts(
+        run,
+        gradient,
+        native,
+        finite_input,
+        method=method,
+        eps=eps,
+        degree=degree,
+        max_cond=max_cond,
+    )
+    report = GradientReport(
+        shape=tuple(a.shape),
+        dtype=str(a.dtype).removeprefix("torch."),
+        compute_dtype=str(compute_dtype(a.dtype)).removeprefix("torch."),
+        method=method,
+        eps=eps,
+        degree=degree,
+        max_cond=max_cond,
+        objective=objective_name or _describe(objective),
+        elements=elements,
+        native_error=native_error,
+        notes=notes,
+    )
+    return GradientComparison(gradient=gradient, native_gradient=native, report=report)
+
+
+def _element_facts(
+    run: _NativeRun,
+    gradient: torch.Tensor,
+    native: torch.Tensor | None,
+    finite_input: torch.Tensor,
+    *,
+    method: str,
+    eps: float | None,
+    degree: int | None,
+    max_cond: float | None,
+) -> tuple[ElementFacts, ...]:
+    """The per-matrix facts, from torch's factors and both gradients."""
+    u, s, vh = run.factors
+    m, n = u.shape[-2], vh.shape[-1]
+    batch = tuple(s.shape[:-1])
+    violations = find_gauge_violations(u, s, vh, run.grad_u, run.grad_vh)
     tau = tie_tolerance(s[..., :1], s.dtype, m, n)
     ties = tied_pairs(s, tau.squeeze(-1)).flatten(-2).any(dim=-1)
 
@@ -310,28 +360,24 @@ def compare_gradients(
     guarded = guarded_pairs(s, m, n, method=method, eps=eps, degree=degree).flatten(-2).sum(-1)
     stab_finite = _all_finite(gradient)
     stab_norm = _frobenius(gradient)
+    native_finite = torch.zeros(batch, dtype=torch.bool)
+    native_norm = rel_diff = None
     if native is not None:
         native_finite = _all_finite(native)
-        native_norm: torch.Tensor | None = _frobenius(native)
-        rel_diff: torch.Tensor | None = _relative_difference(
-            gradient, native, stab_finite & native_finite
-        )
-    else:
-        native_finite = torch.zeros(tuple(batch), dtype=torch.bool)
-        native_norm = rel_diff = None
+        native_norm = _frobenius(native)
+        rel_diff = _relative_difference(gradient, native, stab_finite & native_finite)
+    trivial = torch.zeros(batch, dtype=torch.bool)
     if method == "trivialize":  # the library's own rule, in the dtype it runs in
         limit = BackwardConfig(method=method, max_cond=max_cond).cond_limit(s.dtype)
         trivial = condition_number(s) > limit
-    else:
-        trivial = torch.zeros(tuple(batch), dtype=torch.bool)
 
     by_element: dict[tuple[int, ...], list[GaugeViolation]] = {}
     for violation in violations:
         by_element.setdefault(tuple(violation.batch_index), []).append(violation)
 
     elements = []
-    for index in _batch_indices(tuple(batch)):
-        ok = bool(finite_input[index])
+    for index in _batch_indices(batch):
+        ok = bool(finite_input[index])  # matrices with NaN/Inf were not decomposed
         elements.append(
             ElementFacts(
                 index=index,
@@ -340,7 +386,7 @@ def compare_gradients(
                 min_relative_gap=float(rel_gap[index]) if ok else math.nan,
                 guarded_pairs=int(guarded[index]) if ok else 0,
                 native_finite=bool(native_finite[index]),
-                native_norm=None if native_norm is None else float(native_norm[index]),
+                native_norm=_optional_float(native_norm, index, keep_nan=True),
                 stabilized_finite=bool(stab_finite[index]),
                 stabilized_norm=float(stab_norm[index]),
                 relative_difference=_optional_float(rel_diff, index),
@@ -349,21 +395,7 @@ def compare_gradients(
                 trivialized=bool(trivial[index]) if ok else False,
             )
         )
-
-    report = GradientReport(
-        shape=tuple(a.shape),
-        dtype=str(a.dtype).removeprefix("torch."),
-        compute_dtype=str(compute_dtype(a.dtype)).removeprefix("torch."),
-        method=method,
-        eps=eps,
-        degree=degree,
-        max_cond=max_cond,
-        objective=objective_name or _describe(objective),
-        elements=tuple(elements),
-        native_error=native_error,
-        notes=notes,
-    )
-    return GradientComparison(gradient=gradient, native_gradient=native, report=report)
+    return tuple(elements)
 
 
 def _batch_indices(batch: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -371,11 +403,14 @@ def _batch_indices(batch: tuple[int, ...]) -> list[tuple[int, ...]]:
     return list(itertools.product(*(range(size) for size in batch)))
 
 
-def _optional_float(values: torch.Tensor | None, index: tuple[int, ...]) -> float | None:
+def _optional_float(
+    values: torch.Tensor | None, index: tuple[int, ...], *, keep_nan: bool = False
+) -> float | None:
+    """values[index] as a float; None when there are no values (or NaN, unless ``keep_nan``)."""
     if values is None:
         return None
     value = float(values[index])
-    return None if math.isnan(value) else value
+    return None if math.isnan(value) and not keep_nan else value
 
 
 def _describe(objective: Objective) -> str:
