@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from corpus.make_corpus import MARKER_FILES, CorpusCase, make_corpus
 from helpers import central_difference_grad, random_matrix, relative_error, with_singular_values
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -264,3 +266,29 @@ def test_complex_matrix_with_a_phase_dependent_probe_is_a_usage_error(tmp_path: 
     result = invoke(source, "--loss", "vectors")
     assert result.exit_code == exit_codes.USAGE
     assert "choose --loss polar, reconstruct or values" in result.stderr
+
+
+with tempfile.TemporaryDirectory() as _scratch:
+    CORPUS = make_corpus(_scratch)  # names and expectations, for parametrisation
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("corpus")
+    make_corpus(directory)
+    return directory
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[case.filename for case in CORPUS])
+def test_malformed_and_hostile_inputs(corpus: Path, case: CorpusCase):
+    """Each corpus file: exit 2 with the file and the problem named, or 1 for the NaN matrix."""
+    result = invoke(corpus / case.filename)
+    if case.filename == "nan_matrix.npy":
+        assert result.exit_code == exit_codes.FINDINGS
+    elif case.error is not None:
+        assert result.exit_code == exit_codes.USAGE, result.output
+        # grad reads one file: a directory is refused as such, before looking inside.
+        message = "is a directory" if (corpus / case.filename).is_dir() else case.message
+        assert case.filename in result.stderr and message in result.stderr
+    for marker in MARKER_FILES:
+        assert not (corpus / marker).exists()
