@@ -8,6 +8,8 @@ from svdguard.errors import (
     SvdguardWarning,
     UnsafeInputError,
 )
+from svdguard.inspection import inspect
+from svdguard.linalg.diagnostics import diagnose
 from svdguard.linalg.svd import METHODS, svd, svdvals
 
 __version__ = "0.1.0"
@@ -21,6 +23,8 @@ __all__ = [
     "SvdguardWarning",
     "UnsafeInputError",
     "__version__",
+    "diagnose",
+    "inspect",
     "svd",
     "svdvals",
 ]
