@@ -177,6 +177,15 @@ def verdict_lines(report: GradientReport) -> list[str]:
                 "divides rounding noise by rounding noise; for clamp, lorentz and taylor part of "
                 "the difference is the stabilizer's own bias."
             )
+    tied = sum(e.has_ties for e in report.elements)
+    if tied:
+        lines.append(
+            f"at tied singular values{_of(tied, count)} no SVD backward can recover the "
+            "symmetric in-block part of the gradient (it is not in U, S, V and their upstream "
+            "gradients): the auto backward is exact there for losses of U Vᴴ or S, not for "
+            "e.g. U diag(S) Vᴴ; svdguard.functional has exact gradients of such functions."
+            + ("" if report.method in ("auto", "trivialize") else " Compare with --method auto.")
+        )
     if report.stabilized_nonfinite:
         lines.append(
             f"the {report.method} gradient is not finite{_of(report.stabilized_nonfinite, count)} "
