@@ -81,6 +81,8 @@ def test_eps_reproduces_clamp_and_reports_native_nan(identity: Path, tmp_path: P
     row = next(line for line in result.stdout.splitlines() if "✗" in line or "✓" in line)
     assert "✗ NaN" in row and "✓" in row  # torch's gradient NaN, the clamp one finite
     assert "torch's gradient is not finite" in result.stderr
+    assert "no SVD backward can recover the symmetric in-block part" in result.stderr
+    assert "Compare with --method auto." in result.stderr  # clamp gives 0 here, auto (W − Wᵀ)/2
     assert f"wrote dL/dA (4×4 float64) to {out}" in result.stderr
 
 
