@@ -1,0 +1,256 @@
+"""``svdguard inspect``: spectra of matrices and whole checkpoints, ill-posed ones flagged.
+
+The command only parses: ``svdguard.inspection.inspect`` does the work and
+``render_inspect`` the output. Data goes to stdout (or ``--output``), talk and
+the progress bar to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from svdguard.cli import exit_codes
+from svdguard.cli.app import app
+from svdguard.cli.guard import guarded, say
+from svdguard.cli.render_inspect import json_document, print_table, to_csv, to_github, to_json
+from svdguard.inspection import inspect
+from svdguard.io import DEFAULT_MAX_ELEMENTS, atomic_output, expand_inputs
+from svdguard.report import InspectionItem, InspectionSummary, Severity
+
+#: Width of the table when stdout is not a terminal and COLUMNS is unset: CI logs and
+#: files do not wrap, so the table stays one line per matrix.
+PIPE_WIDTH = 200
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    github = "github"
+
+
+class FailOn(str, Enum):
+    error = "error"
+    warning = "warning"
+    info = "info"
+    never = "never"
+
+    @property
+    def level(self) -> Severity | None:
+        return None if self is FailOn.never else Severity(self.value)
+
+
+class Precision(str, Enum):
+    float64 = "float64"
+    float32 = "float32"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+HELP = """Compute the spectrum of every matrix in PATHS and flag the ill-posed ones.
+
+PATHS: .npy, .npz (every array), .safetensors, a sharded checkpoint
+(*.safetensors.index.json), a directory (Hugging Face layout), .pt/.bin state
+dicts (weights only), or a glob. Floating 2-D tensors are analysed, ≥3-D ones
+as shape[0] × prod(rest) (conv kernels); scalars, 1-D, integer and bool tensors
+are skipped and counted. One tensor is in memory at a time.
+
+Flags and severities: nonfinite (NaN/Inf entries): error. degenerate: pairs of
+singular values tied at rounding level (gradients through U or V undefined):
+error; near-degenerate pairs (|s_i − s_j| ≤ --gap-tol·σ_max): warning.
+rank-deficient (numerical rank < min(m, n), tolerance max(m, n)·ε·σ_max):
+warning. ill-conditioned (κ₂ ≥ --max-cond): warning. zero (all-zero matrix):
+warning. noise-floor (bf16/fp16/fp8: singular values or gaps below
+ε(storage)·σ_max): info. unresolved (--precision float32 cannot resolve σ_min):
+info. A tensor that cannot be read or decomposed is a failed row: error.
+ε is that of the tensor's working dtype (float32 for bf16/fp16/fp8).
+"""
+
+
+@contextmanager
+def progress_display(enabled: bool) -> Iterator[Callable[[InspectionItem], None]]:
+    """A spinner with a count on stderr while rows arrive (only when ``enabled``)."""
+    if not enabled:
+        yield lambda item: None
+        return
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.completed} tensors"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("", total=None)
+        yield lambda item: progress.update(task, advance=1, description=item.name)
+
+
+def stdout_console(file: Any = None) -> Console:
+    """A Console for data: Rich's own NO_COLOR/FORCE_COLOR handling; wide and plain when piped."""
+    console = Console(file=file, highlight=False, soft_wrap=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(file=file, highlight=False, soft_wrap=False, width=PIPE_WIDTH)
+    return console
+
+
+def exit_code(summary: InspectionSummary, fail_on: FailOn) -> int:
+    """2 when a file could not be read, 1 when a row reaches --fail-on, else 0."""
+    if summary.input_errors:
+        return exit_codes.USAGE
+    return exit_codes.FINDINGS if summary.reaches(fail_on.level) else exit_codes.OK
+
+
+def render(
+    output_format: OutputFormat,
+    items: list[InspectionItem],
+    summary: InspectionSummary,
+    settings: dict[str, Any],
+    code: int,
+    file: Any,
+) -> None:
+    """Write the report in ``output_format`` to ``file`` (a text stream)."""
+    footer = f"→ exit {code} (--fail-on {settings['fail_on']})"
+    if output_format is OutputFormat.table:
+        print_table(stdout_console(file), items, summary, footer)
+    elif output_format is OutputFormat.json:
+        file.write(to_json(json_document(items, summary, settings, code)))
+    elif output_format is OutputFormat.csv:
+        file.write(to_csv(items))
+    else:
+        file.write(to_github(items, summary, footer))
+
+
+@app.command("inspect", help=HELP, epilog=exit_codes.EPILOG)
+@guarded
+def inspect_command(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Files, directories or globs to inspect.", metavar="PATH", show_default=False
+        ),
+    ],
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table, json, csv or github annotations.")
+    ] = OutputFormat.table,
+    fail_on: Annotated[
+        FailOn,
+        typer.Option("--fail-on", help="Exit 1 when a row is at or above this severity."),
+    ] = FailOn.error,
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            "--precision",
+            help="dtype of the SVD. float32 is faster but resolves κ₂ only to ≈1/(max(m,n)·1.2e-7).",
+        ),
+    ] = Precision.float64,
+    device: Annotated[
+        Device,
+        typer.Option("--device", help="auto = cuda when available (batched gesvd), else cpu."),
+    ] = Device.auto,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--include",
+            metavar="GLOB",
+            help="Only tensors whose key matches this glob. Repeatable.",
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            metavar="GLOB",
+            help="Skip tensors whose key matches this glob. Repeatable.",
+        ),
+    ] = None,
+    max_cond: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cond",
+            help="κ₂ at or above which a matrix is ill-conditioned. [default: 1/√ε of the "
+            "tensor's working dtype: 2.9e3 for float32/bf16/fp16, 6.7e7 for float64]",
+            show_default=False,
+        ),
+    ] = None,
+    gap_tol: Annotated[
+        float | None,
+        typer.Option(
+            "--gap-tol",
+            help="Relative gap |s_i − s_j|/σ_max at or below which a pair is near-degenerate. "
+            "[default: √ε of the working dtype: 3.5e-4 for float32/bf16/fp16, 1.5e-8 for float64]",
+            show_default=False,
+        ),
+    ] = None,
+    max_elements: Annotated[
+        int,
+        typer.Option("--max-elements", help="Skip tensors with more elements than this."),
+    ] = DEFAULT_MAX_ELEMENTS,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the report here (atomically) instead of stdout; the summary goes to stderr.",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --output.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar and no talk on stderr.")
+    ] = False,
+) -> None:
+    files = expand_inputs(paths)  # a missing path is a usage error before any work
+    rows = inspect(
+        files,
+        precision=precision.value,
+        device=device.value,
+        include=include or (),
+        exclude=exclude or (),
+        max_elements=max_elements,
+        max_cond=max_cond,
+        gap_rtol=gap_tol,
+    )
+    settings = {
+        "paths": [str(p) for p in files],
+        "precision": precision.value,
+        "device": device.value,
+        "fail_on": fail_on.value,
+        "max_cond": max_cond,
+        "gap_tol": gap_tol,
+        "max_elements": max_elements,
+        "include": list(include or ()),
+        "exclude": list(exclude or ()),
+    }
+    items: list[InspectionItem] = []
+    show_progress = not quiet and Console(stderr=True).is_terminal
+    with progress_display(show_progress) as tick:
+        for item in rows:
+            items.append(item)
+            tick(item)
+    summary = InspectionSummary.of(items)
+    code = exit_code(summary, fail_on)
+    if output is None:
+        render(output_format, items, summary, settings, code, sys.stdout)
+    else:
+        with atomic_output(output, force=force, protect=files) as temporary:
+            with open(temporary, "w", encoding="utf-8", newline="") as stream:
+                render(output_format, items, summary, settings, code, stream)
+        if not quiet:
+            say(f"{summary.line()} → exit {code}; report written to {output}")
+    if summary.input_errors and not quiet:
+        say(f"svdguard: error: {summary.input_errors} file(s) could not be read (see the report)")
+    raise typer.Exit(code)

@@ -1,0 +1,368 @@
+"""`svdguard inspect` through typer's CliRunner: formats, exit codes, schema, corpus, Ctrl-C."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from corpus.make_corpus import CorpusCase, make_corpus
+from helpers import random_matrix, with_singular_values
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import svdguard
+from svdguard.cli import inspect_cmd
+from svdguard.cli.app import app
+from svdguard.errors import ResourceLimitError, SvdguardError
+from svdguard.io import expand_inputs, iter_records
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+CHECKPOINT = SAMPLES / "checkpoint.safetensors"
+SCHEMA = json.loads(
+    (Path(svdguard.__file__).parent / "cli" / "inspect_schema.json").read_text(encoding="utf-8")
+)
+ANSI_COLOR = re.compile(r"\x1b\[[0-9;]*(3[0-7]|9[0-7]|38;[0-9;]+)m")
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(app, ["inspect", *args], env=env)
+
+
+# --- a small JSON-schema validator (the subset inspect_schema.json uses) -------------------
+
+
+def validate(value: Any, schema: dict[str, Any], where: str = "$") -> None:
+    """Raise AssertionError naming the path of the first violation of ``schema``."""
+    if "$ref" in schema:
+        name = schema["$ref"].removeprefix("#/$defs/")
+        return validate(value, SCHEMA["$defs"][name], where)
+    if "oneOf" in schema:
+        passing = 0
+        for option in schema["oneOf"]:
+            try:
+                validate(value, option, where)
+                passing += 1
+            except AssertionError:
+                pass
+        assert passing == 1, f"{where}: matches {passing} of the oneOf options: {value!r}"
+        return None
+    if "const" in schema:
+        assert value == schema["const"], f"{where}: {value!r} != {schema['const']!r}"
+    if "enum" in schema:
+        assert value in schema["enum"], f"{where}: {value!r} not in {schema['enum']}"
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        checks = {
+            "object": lambda v: isinstance(v, dict),
+            "array": lambda v: isinstance(v, list),
+            "string": lambda v: isinstance(v, str),
+            "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "boolean": lambda v: isinstance(v, bool),
+            "null": lambda v: v is None,
+        }
+        assert any(checks[t](value) for t in types), f"{where}: {value!r} is not {types}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and "minimum" in schema:
+        assert value >= schema["minimum"], f"{where}: {value} < {schema['minimum']}"
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            assert key in value, f"{where}: missing {key!r}"
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in properties:
+                validate(item, properties[key], f"{where}.{key}")
+            elif extra is False:
+                raise AssertionError(f"{where}: unexpected key {key!r}")
+            elif isinstance(extra, dict):
+                validate(item, extra, f"{where}.{key}")
+    if isinstance(value, list):
+        assert len(value) >= schema.get("minItems", 0), f"{where}: too few items"
+        assert len(value) <= schema.get("maxItems", len(value)), f"{where}: too many items"
+        for index, item in enumerate(value):
+            if "items" in schema:
+                validate(item, schema["items"], f"{where}[{index}]")
+    return None
+
+
+def test_validator_rejects_what_the_schema_forbids() -> None:
+    document = json.loads(run(str(CHECKPOINT), "--format", "json").stdout)
+    validate(document, SCHEMA)
+    broken = json.loads(json.dumps(document))
+    broken["rows"][0]["cond"] = "Infinity"
+    with pytest.raises(AssertionError):
+        validate(broken, SCHEMA)
+    broken = json.loads(json.dumps(document))
+    del broken["summary"]["worst"]
+    with pytest.raises(AssertionError):
+        validate(broken, SCHEMA)
+
+
+# --- the table --------------------------------------------------------------------------
+
+
+def test_table_on_the_sample_shows_every_flag() -> None:
+    result = run(str(CHECKPOINT))
+    assert result.exit_code == 1
+    out = result.stdout
+    for flag in (
+        "nonfinite",
+        "degenerate",
+        "rank-deficient",
+        "ill-conditioned",
+        "zero",
+        "noise-floor",
+    ):
+        assert flag in out, flag
+    assert "8×27 ← 8×3×3×3" in out  # the reshape of the conv kernel is stated
+    assert "skipped integer: 1 (position_ids)" in out
+    assert "skipped 1-d: 1 (encoder.layer0.attention.bias)" in out
+    assert "12 matrices: 2 error, 4 warning, 1 info, 5 clean" in out
+    assert "→ exit 1 (--fail-on error)" in out
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+    assert "\x1b[" not in out  # plain when stdout is not a terminal
+    # Worst first: the two errors precede every warning row.
+    lines = [line for line in out.splitlines() if line.strip().startswith(("ERROR", "warning"))]
+    assert [line.split()[0] for line in lines[:2]] == ["ERROR", "ERROR"]
+
+
+def test_table_marks_unresolved_condition_numbers(tmp_path: Path) -> None:
+    np.save(tmp_path / "ill.npy", with_singular_values([1.0, 0.5, 1e-12], 3, 3, seed=1).numpy())
+    result = run(str(tmp_path / "ill.npy"), "--precision", "float32", "--fail-on", "never")
+    assert result.exit_code == 0
+    assert "≥" in result.stdout and "unresolved" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "codes"),
+    [
+        ("error", {"mixed": 1, "warning": 0, "info": 0, "clean": 0}),
+        ("warning", {"mixed": 1, "warning": 1, "info": 0, "clean": 0}),
+        ("info", {"mixed": 1, "warning": 1, "info": 1, "clean": 0}),
+        ("never", {"mixed": 0, "warning": 0, "info": 0, "clean": 0}),
+    ],
+)
+def test_exit_codes_follow_fail_on(tmp_path: Path, fail_on: str, codes: dict[str, int]) -> None:
+    files = {
+        "mixed": CHECKPOINT,
+        "warning": tmp_path / "warning.npy",
+        "info": tmp_path / "info.safetensors",
+        "clean": tmp_path / "clean.npy",
+    }
+    np.save(files["warning"], with_singular_values([1.0, 0.5, 1e-9], 3, 3, seed=1).numpy())
+    eps_bf16 = torch.finfo(torch.bfloat16).eps
+    info = with_singular_values([1.0, 0.6, 0.6 - eps_bf16 / 2, 0.2], 6, 4, seed=8)
+    save_file({"w": info.to(torch.bfloat16)}, str(files["info"]))
+    np.save(files["clean"], random_matrix(5, 4, seed=2).numpy())
+    for name, path in files.items():
+        result = run(str(path), "--fail-on", fail_on)
+        assert result.exit_code == codes[name], (name, result.stdout)
+
+
+# --- JSON, CSV, GitHub -------------------------------------------------------------------
+
+
+def test_json_matches_schema_and_library() -> None:
+    result = run(str(CHECKPOINT), str(SAMPLES / "sharded"), "--format", "json")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    validate(document, SCHEMA)
+    assert document["schema_version"] == 1 and document["exit_code"] == 1
+    assert document["summary"]["matrices"] == 15 and document["summary"]["skipped"] == {
+        "1-d": 2,
+        "integer": 1,
+    }
+    by_name = {row["name"]: row for row in document["rows"]}
+    library = {
+        r.name: r.to_dict()
+        for r in svdguard.inspect([CHECKPOINT, SAMPLES / "sharded"])
+        if not isinstance(r, svdguard.report.SkippedTensor)
+    }
+    assert by_name == library  # the same data as the library hands on
+    zero = by_name["checkpoint.safetensors[head.unused.weight]"]
+    assert zero["cond"] == "inf" and zero["rel_min_gap"] is None
+    severities = [row["severity"] for row in document["rows"]]
+    rank = {"error": 3, "warning": 2, "info": 1, None: 0}
+    assert severities == sorted(severities, key=lambda s: -rank[s])  # worst first
+
+
+def test_csv_carries_the_same_numbers() -> None:
+    document = json.loads(run(str(CHECKPOINT), "--format", "json").stdout)
+    result = run(str(CHECKPOINT), "--format", "csv")
+    table = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(table) == len(document["rows"]) + len(document["skipped"])
+    for row, expected in zip(table, document["rows"], strict=False):
+        assert row["name"] == expected["name"]
+        if isinstance(expected["cond"], float):
+            assert float(row["cond"]) == expected["cond"]
+        assert row["shape"] == "x".join(map(str, expected["shape"]))
+    assert {r["kind"] for r in table} == {"matrix", "skipped"}
+
+
+def test_github_annotations() -> None:
+    result = run(str(CHECKPOINT), "--format", "github")
+    lines = result.stdout.splitlines()
+    annotations = [line for line in lines if line.startswith("::")]
+    assert len(annotations) == 7  # one per finding of the sample
+    levels = [line[2 : line.index(" ")] for line in annotations]
+    assert levels == ["error", "error", "warning", "warning", "warning", "warning", "notice"]
+    assert all(f"file={CHECKPOINT}," in line for line in annotations)
+    assert "title=svdguard nonfinite::" in annotations[0]
+    assert lines[-1].startswith("12 matrices:")
+
+
+def test_github_escaping() -> None:
+    from svdguard.cli.render_inspect import _escape_data, _escape_property
+
+    assert _escape_data("50%\nnext") == "50%25%0Anext"
+    assert _escape_property("a:b,c") == "a%3Ab%2Cc"
+
+
+# --- output file, usage errors, Ctrl-C, colour ------------------------------------------------
+
+
+def test_output_file_is_written_atomically_and_not_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    result = run(str(CHECKPOINT), "--format", "json", "--output", str(out))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "report written to" in result.stderr
+    validate(json.loads(out.read_text(encoding="utf-8")), SCHEMA)
+    again = run(str(CHECKPOINT), "--format", "json", "--output", str(out))
+    assert again.exit_code == 2 and "exists" in again.stderr
+    forced = run(str(CHECKPOINT), "-f", "csv", "--output", str(out), "--force")
+    assert forced.exit_code == 1 and out.read_text(encoding="utf-8").startswith("kind,")
+    copy = tmp_path / "copy.npy"
+    np.save(copy, np.eye(2))
+    onto_input = run(str(copy), "--output", str(copy), "--force")
+    assert onto_input.exit_code == 2
+    assert np.array_equal(np.load(copy), np.eye(2))  # the input is untouched
+
+
+def test_ctrl_c_exits_130_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "report.json"
+
+    def interrupted(*args: object, **kwargs: object) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inspect_cmd, "to_json", interrupted)  # Ctrl-C while writing the file
+    result = run(str(CHECKPOINT), "--format", "json", "--output", str(out))
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "svdguard: interrupted"
+    assert list(tmp_path.iterdir()) == []  # neither the report nor its temporary file
+
+    def interrupted_rows(*args: object, **kwargs: object):  # Ctrl-C during the SVDs
+        yield from []
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inspect_cmd, "inspect", interrupted_rows)
+    result = run(str(CHECKPOINT))
+    assert result.exit_code == 130 and result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.safetensors"], "missing.safetensors"),
+        ([str(CHECKPOINT), "--format", "xml"], "xml"),
+        ([str(CHECKPOINT), "--fail-on", "sometimes"], "sometimes"),
+        ([str(CHECKPOINT), "--max-cond", "-3"], "max_cond"),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 2
+    assert message in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is absent")
+def test_cuda_requested_without_cuda() -> None:
+    result = run(str(CHECKPOINT), "--device", "cuda")
+    assert result.exit_code == 2 and "CUDA is not available" in result.stderr
+
+
+def test_no_color_is_respected() -> None:
+    colored = run(str(CHECKPOINT), env={"FORCE_COLOR": "1"})
+    assert ANSI_COLOR.search(colored.stdout)
+    plain = run(str(CHECKPOINT), env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
+    assert not ANSI_COLOR.search(plain.stdout)
+    assert "degenerate" in plain.stdout
+
+
+def test_help_documents_flags_and_exit_codes() -> None:
+    result = CliRunner().invoke(app, ["inspect", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = re.sub(r"-\s+", "-", " ".join(result.stdout.split()))  # undo wrapping at hyphens
+    for needle in ("ill-conditioned", "rank-deficient", "noise-floor", "Exit codes: 0", "130"):
+        assert needle in text, needle
+
+
+# --- the malformed-file corpus ------------------------------------------------------------
+
+with tempfile.TemporaryDirectory() as _scratch:
+    CASES = make_corpus(_scratch)
+
+#: Files that list fine but whose tensor is skipped before its payload is read (exit 0):
+#: a declared 10**12-element tensor (too-large) and a string array (unsupported-dtype).
+SKIPPED_CASES = {"st_huge_shape.safetensors", "npy_absurd_shape.npy", "npy_unicode_dtype.npy"}
+
+
+def io_stage(path: Path) -> str:
+    """Where the io layer refuses ``path``: "expand", "list", "load-limit", "load" or "ok"."""
+    try:
+        files = expand_inputs([path])
+    except SvdguardError:
+        return "expand"
+    try:
+        records = [r for f in files for r in iter_records(f)]
+    except SvdguardError:
+        return "list"
+    for record in records:
+        try:
+            record.load()
+        except ResourceLimitError:
+            return "load-limit"
+        except SvdguardError:
+            return "load"
+    return "ok"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("corpus")
+    make_corpus(directory)
+    return directory
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.filename for case in CASES])
+def test_corpus_exit_codes(corpus: Path, case: CorpusCase) -> None:
+    path = corpus / case.filename
+    stage = io_stage(path)
+    result = run(str(path))
+    talk = result.stdout + result.stderr
+    assert "Traceback" not in talk
+    assert case.filename in talk  # the file is named
+    if case.filename in SKIPPED_CASES:
+        assert result.exit_code == 0 and "skipped" in talk
+    elif stage in ("expand", "list"):
+        assert result.exit_code == 2, talk  # the file cannot be read: an input error
+        assert case.message in talk
+    elif stage == "load-limit":
+        assert result.exit_code == 0 and "too-large" in talk
+    elif stage == "load":
+        assert result.exit_code == 1, talk  # a failed row; counted as an error
+        assert case.message in talk and "failed" in talk
+    elif case.filename == "nan_matrix.npy":
+        assert result.exit_code == 1 and "nonfinite" in talk
+    else:
+        assert result.exit_code in (0, 1)
