@@ -195,9 +195,13 @@ def svd(
         τ = max(m, n)·ε·σ_max (:func:`svdguard.tolerances.tie_tolerance`) —
         drops its own term. Exact (to rounding) wherever the factors determine
         the gradient; no bias anywhere else. At an exact tie it returns the
-        finite part the factors determine (the whole gradient for losses such as
-        U Vᴴ, S or U diag(S) Vᴴ); the in-block part of a loss on an arbitrary
-        basis is undefined and dropped (``gauge_check=True`` warns).
+        finite part the factors determine: the whole gradient for losses of
+        U Vᴴ (whose difference part vanishes) or of S alone. For a smooth
+        spectral function such as U diag(S) Vᴴ or U diag(S³) Vᴴ the in-block
+        limit of (J+K)_ij / (2 d_ij) is finite but not contained in the
+        factors (MATH.md §2), so that part is lost: use
+        :mod:`svdguard.functional` for those. For a loss on an arbitrary basis
+        the in-block part is undefined and dropped (``gauge_check=True`` warns).
     ``"clamp"`` with ``eps`` (absolute; default √ε·σ_max)
         The seed's rule (Ionescu et al. 2015) on the combined kernel:
         X_ij = (J_ij s_j + s_i K_ij) / (d̃_ij σ_ij), d̃ = sign(d)·max(|d|, eps),
