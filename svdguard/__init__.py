@@ -1,5 +1,6 @@
 """svdguard: a differentiable SVD whose gradients stay finite on ill-posed matrices."""
 
+from svdguard import functional
 from svdguard.errors import (
     InputError,
     NumericalError,
@@ -24,6 +25,7 @@ __all__ = [
     "UnsafeInputError",
     "__version__",
     "diagnose",
+    "functional",
     "inspect",
     "svd",
     "svdvals",
