@@ -96,6 +96,11 @@ class ProjectorKernel:
         return scaled_e, scaled_e0
 
 
+def _where(index: tuple[int, ...]) -> str:
+    """ " in batch element (i, j)" for a batched input, "" for a single matrix."""
+    return f" in batch element {index}" if index else ""
+
+
 def _require_gap(s: torch.Tensor, k: int, rows: int, m: int, n: int, caller: str) -> None:
     """Raise when s_k − s_{k+1} ≤ τ in any batch element (s_{k+1} = 0 beyond min(m, n) < rows)."""
     if k == 0 or k == rows:
@@ -112,8 +117,8 @@ def _require_gap(s: torch.Tensor, k: int, rows: int, m: int, n: int, caller: str
         raise InputError(
             f"{caller}: s_{k} = {float(s[..., k - 1][first]):.6g} and s_{k + 1} = "
             f"{float(s_next[first]):.6g} are equal to rounding (gap {float(gap[first]):.3g} <= "
-            f"tolerance {float(tol[first]):.3g}) in batch element {first or 0} of shape "
-            f"{tuple(s.shape[:-1]) + (m, n)}: the top-{k} singular subspace is not unique, so "
+            f"tolerance {float(tol[first]):.3g}){_where(first)} (shape "
+            f"{tuple(s.shape[:-1]) + (m, n)}): the top-{k} singular subspace is not unique, so "
             f"neither the result nor its gradient is defined. Choose a k where the singular "
             f"values are separated, or pass check=False to accept an arbitrary choice "
             f"(its gradient is then non-finite)"

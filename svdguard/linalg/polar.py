@@ -107,7 +107,8 @@ def procrustes(a: torch.Tensor, special: bool = True, *, check: bool = True) -> 
         if bool(not_unique.any()):
             first = tuple(int(i) for i in torch.nonzero(not_unique)[0].tolist())
             warnings.warn(
-                f"procrustes: the nearest rotation is not unique in batch element {first or 0}: "
+                f"procrustes: the nearest rotation is not unique"
+                f"{f' in batch element {first}' if first else ''}: "
                 f"the two smallest singular values are tied with the determinant correction "
                 f"active (|σ_(n-1) + σ_n| = {float(pair_sum[first]):.3g} <= {float(tol[first]):.3g}); "
                 "the result is one of them and its gradient is arbitrary",
