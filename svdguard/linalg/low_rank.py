@@ -97,7 +97,7 @@ class ProjectorKernel:
 
 
 def _where(index: tuple[int, ...]) -> str:
-    """ " in batch element (i, j)" for a batched input, "" for a single matrix."""
+    """The phrase ' in batch element (i, j)' for a batched input, empty for one matrix."""
     return f" in batch element {index}" if index else ""
 
 
