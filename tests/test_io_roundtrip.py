@@ -52,7 +52,8 @@ def test_npy_big_endian_dtype_name(tmp_path: Path) -> None:
 def test_npy_scalar_and_empty(tmp_path: Path) -> None:
     np.save(tmp_path / "s.npy", np.float32(2.5))
     np.save(tmp_path / "e.npy", np.zeros((0, 4), dtype=np.float32))
-    assert read_tensor(tmp_path / "s.npy").item() == 2.5
+    scalar = read_tensor(tmp_path / "s.npy")
+    assert scalar.shape == () and scalar.item() == 2.5
     empty = read_tensor(tmp_path / "e.npy")
     assert empty.shape == (0, 4) and empty.dtype == torch.float32
 

@@ -85,6 +85,16 @@ def check_tensor_size(
     """
     numel = element_count(shape)
     described = f"shape {tuple(shape)} {dtype} ({numel:,} elements)"
+    # A zero-length dimension makes numel 0 whatever the others are; numpy still refuses a
+    # shape whose other dimensions multiply past 2**63, and no real tensor has such a shape.
+    span = element_count([dim for dim in shape if dim])
+    if numel == 0 and span > max_elements:
+        raise ResourceLimitError(
+            f"shape {tuple(shape)} {dtype}: its non-zero dimensions multiply to {span:,}, "
+            f"beyond the limit of {max_elements:,} elements per tensor (a corrupt header)",
+            path=path,
+            key=key,
+        )
     if numel > max_elements:
         raise ResourceLimitError(
             f"{described} exceeds the limit of {max_elements:,} elements per tensor; "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -83,7 +84,9 @@ def read_header(stream: BinaryIO, *, path: str | Path, key: str | None = None) -
     raw = _read_bytes(stream, header_length, "header", path, key)
     try:
         text = raw.decode("utf-8" if major == 3 else "latin-1")
-        fields = ast.literal_eval(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "invalid escape sequence" from the parser
+            fields = ast.literal_eval(text)
     except (UnicodeDecodeError, ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         raise _bad("the header is not a Python dict literal", path, key) from None
     if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
@@ -154,7 +157,16 @@ def read_payload(
             key=error_key(key),
         )
     buffer = read_exact(stream, nbytes, path=path, key=error_key(key), what="payload")
-    return numpy_bytes_to_tensor(buffer, dtype, header.shape, fortran_order=header.fortran_order)
+    try:
+        return numpy_bytes_to_tensor(
+            buffer, dtype, header.shape, fortran_order=header.fortran_order
+        )
+    except (ValueError, TypeError, RuntimeError) as err:  # numpy/torch refuse the shape
+        raise InputError(
+            f"cannot hold shape {header.shape} {header.dtype_name}: {err}",
+            path=path,
+            key=error_key(key),
+        ) from None
 
 
 def _open(path: Path) -> BinaryIO:

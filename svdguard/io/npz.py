@@ -30,6 +30,7 @@ ZIP_ERRORS: tuple[type[BaseException], ...] = (
     RuntimeError,  # zipfile: "File ... is encrypted, password required"
     UnicodeDecodeError,
     KeyError,
+    IndexError,  # zipfile on an empty member name
 )
 
 MEMBER_SUFFIX = ".npy"
@@ -47,7 +48,7 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
 
 
 def _members(archive: zipfile.ZipFile, path: Path) -> list[zipfile.ZipInfo]:
-    members = [info for info in archive.infolist() if not info.is_dir()]
+    members = [info for info in archive.infolist() if not info.filename.endswith("/")]
     seen: set[str] = set()
     for info in members:
         if not info.filename.endswith(MEMBER_SUFFIX):
@@ -99,7 +100,18 @@ def _load_member(record: TensorRecord) -> torch.Tensor:
             info = archive.getinfo(key + MEMBER_SUFFIX)
             with archive.open(info) as stream:
                 header = npy.read_header(stream, path=path, key=key)
+                npy.check_loadable(header, path=path, key=key)  # object dtype: refuse first
                 available = info.file_size - header.data_offset
+                if available > header.nbytes:
+                    # numpy writes exactly the header and the payload; extra bytes mean the
+                    # header or the archive is damaged (and would skip the CRC-32 check).
+                    raise InputError(
+                        f"corrupt member: it holds {available - header.nbytes:,} bytes more "
+                        f"than its header declares (shape {header.shape} {header.dtype_name}); "
+                        "re-save the archive with numpy.savez",
+                        path=path,
+                        key=key,
+                    )
                 tensor = npy.read_payload(stream, header, path=path, key=key, available=available)
                 stream.read(1)  # reaching the end makes zipfile verify the member's CRC-32
         except InputError:

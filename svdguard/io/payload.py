@@ -52,7 +52,9 @@ def numpy_bytes_to_tensor(
     if dtype.kind == "b":
         array = array != 0  # a byte other than 0/1 is not a valid bool; normalise it
     array = array.reshape(tuple(shape), order="F" if fortran_order else "C")
-    return torch.from_numpy(np.ascontiguousarray(array))
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")  # (not np.ascontiguousarray: it turns 0-d into 1-d)
+    return torch.from_numpy(array)
 
 
 def torch_bytes_to_tensor(

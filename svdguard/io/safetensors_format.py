@@ -170,4 +170,9 @@ def _load_entry(entry: SafetensorsEntry, record: TensorRecord) -> torch.Tensor:
             buffer = read_exact(stream, entry.end - entry.begin, path=path, key=key, what="payload")
     except OSError as err:
         raise InputError(f"cannot read: {err.strerror or err}", path=path, key=key) from None
-    return torch_bytes_to_tensor(buffer, dtype, entry.shape)
+    try:
+        return torch_bytes_to_tensor(buffer, dtype, entry.shape)
+    except RuntimeError as err:  # torch refuses the shape
+        raise InputError(
+            f"cannot hold shape {entry.shape} {entry.dtype}: {err}", path=path, key=key
+        ) from None
