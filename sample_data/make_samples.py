@@ -22,6 +22,8 @@ head.diverged.weight                    8×8          float32    nonfinite (one 
 head.unused.weight                      8×8          float32    zero, warning
 head.fp16.weight                        16×16        float16    clean
 pooler.dense.weight                     16×16        float64    clean
+classifier.weight                       16×16        float64    ill-conditioned (κ = 1e10);
+                                                                unresolved with --precision float32
 position_ids                            1×16         int64      skipped: integer
 ======================================  ===========  =========  =======================
 
@@ -100,6 +102,16 @@ def checkpoint(rng: np.random.Generator) -> dict[str, torch.Tensor]:
         ),
         "pooler.dense.weight": to_torch(
             with_spectrum(np.linspace(5.0, 1.0, 16), 16, 16, rng), torch.float64
+        ),
+        "classifier.weight": to_torch(
+            # Its own generator, so the other files keep the bytes they had before it was added.
+            with_spectrum(
+                np.concatenate([np.linspace(1.0, 0.5, 15), [1e-10]]),
+                16,
+                16,
+                np.random.default_rng(SEED + 1),
+            ),
+            torch.float64,
         ),
         "position_ids": torch.arange(16, dtype=torch.int64).reshape(1, 16),
     }

@@ -125,7 +125,7 @@ def test_table_on_the_sample_shows_every_flag() -> None:
     assert "8×27 ← 8×3×3×3" in out  # the reshape of the conv kernel is stated
     assert "skipped integer: 1 (position_ids)" in out
     assert "skipped 1-d: 1 (encoder.layer0.attention.bias)" in out
-    assert "12 matrices: 2 error, 4 warning, 1 info, 5 clean" in out
+    assert "13 matrices: 2 error, 5 warning, 1 info, 5 clean" in out
     assert "→ exit 1 (--fail-on error)" in out
     assert result.stderr == ""  # no progress bar when stderr is not a terminal
     assert "\x1b[" not in out  # plain when stdout is not a terminal
@@ -134,11 +134,13 @@ def test_table_on_the_sample_shows_every_flag() -> None:
     assert [line.split()[0] for line in lines[:2]] == ["ERROR", "ERROR"]
 
 
-def test_table_marks_unresolved_condition_numbers(tmp_path: Path) -> None:
-    np.save(tmp_path / "ill.npy", with_singular_values([1.0, 0.5, 1e-12], 3, 3, seed=1).numpy())
-    result = run(str(tmp_path / "ill.npy"), "--precision", "float32", "--fail-on", "never")
-    assert result.exit_code == 0
-    assert "≥" in result.stdout and "unresolved" in result.stdout
+def test_table_marks_unresolved_condition_numbers() -> None:
+    args = (str(CHECKPOINT), "--include", "classifier.*", "--fail-on", "warning")
+    exact = run(*args)
+    assert exact.exit_code == 1 and "1.0e10" in exact.stdout and "ill-conditioned" in exact.stdout
+    coarse = run(*args, "--precision", "float32")
+    assert "≥" in coarse.stdout and "unresolved" in coarse.stdout
+    assert "rerun with --precision float64" in coarse.stdout
 
 
 @pytest.mark.parametrize(
@@ -176,7 +178,7 @@ def test_json_matches_schema_and_library() -> None:
     document = json.loads(result.stdout)
     validate(document, SCHEMA)
     assert document["schema_version"] == 1 and document["exit_code"] == 1
-    assert document["summary"]["matrices"] == 15 and document["summary"]["skipped"] == {
+    assert document["summary"]["matrices"] == 16 and document["summary"]["skipped"] == {
         "1-d": 2,
         "integer": 1,
     }
@@ -211,12 +213,12 @@ def test_github_annotations() -> None:
     result = run(str(CHECKPOINT), "--format", "github")
     lines = result.stdout.splitlines()
     annotations = [line for line in lines if line.startswith("::")]
-    assert len(annotations) == 7  # one per finding of the sample
+    assert len(annotations) == 8  # one per finding of the sample
     levels = [line[2 : line.index(" ")] for line in annotations]
-    assert levels == ["error", "error", "warning", "warning", "warning", "warning", "notice"]
+    assert levels == ["error"] * 2 + ["warning"] * 5 + ["notice"]
     assert all(f"file={CHECKPOINT}," in line for line in annotations)
     assert "title=svdguard nonfinite::" in annotations[0]
-    assert lines[-1].startswith("12 matrices:")
+    assert lines[-1].startswith("13 matrices:")
 
 
 def test_github_escaping() -> None:

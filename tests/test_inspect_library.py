@@ -38,6 +38,7 @@ EXPECTED_SAMPLE = {
     "head.unused.weight": (Severity.WARNING, ("zero",)),
     "head.fp16.weight": (None, ()),
     "pooler.dense.weight": (None, ()),
+    "classifier.weight": (Severity.WARNING, ("ill-conditioned",)),
 }
 
 

@@ -169,6 +169,9 @@ def skipped_text(skipped: Sequence[SkippedTensor], single_file: bool) -> list[st
         by_reason.setdefault(item.reason.value, []).append(item)
     lines = []
     for reason, items in by_reason.items():
+        if reason == "excluded":  # the user asked for it: a count is enough
+            lines.append(f"skipped {reason}: {len(items)} (by --include/--exclude)")
+            continue
         names = [_label(i, single_file) for i in items[:_SKIPPED_LISTED]]
         more = f", and {len(items) - _SKIPPED_LISTED} more" if len(items) > _SKIPPED_LISTED else ""
         lines.append(f"skipped {reason}: {len(items)} ({', '.join(names)}{more})")
@@ -203,8 +206,8 @@ def print_table(
             console.print(line, soft_wrap=True)
     if skipped:
         console.print()
-        for line in skipped_text(skipped, single_file):
-            console.print(Text(line), soft_wrap=True)
+        for skip_line in skipped_text(skipped, single_file):
+            console.print(Text(skip_line), soft_wrap=True)
     console.print()
     console.print(Text(f"{summary.line()} {footer}".rstrip(), style="bold"), soft_wrap=True)
 
