@@ -95,7 +95,7 @@ def test_naive_log_difference_would_fail() -> None:
 def test_dropped_terms_are_zero_not_nan() -> None:
     zero = torch.zeros(())
     tol = torch.tensor(1e-12)
-    assert float(sum_quotient(torch.ones(()), torch.ones(()), zero, zero, tol)) == 0.0
+    assert float(sum_quotient(2.0, zero, zero, tol)) == 0.0
     assert float(sqrt_difference(zero, zero, torch.tensor(True))) == 0.0
     s = torch.tensor(3.0)
-    assert float(sum_quotient(torch.ones(()), torch.ones(()), s, s, tol)) == pytest.approx(1 / 3)
+    assert float(sum_quotient(2.0, s, s, tol)) == pytest.approx(1 / 3)

@@ -13,8 +13,13 @@ needed: each formula below is accurate to a few ε for every gap, 0 included.
 All functions take their arguments already broadcast against each other: use
 :func:`pairwise` to turn a ``(..., k)`` spectrum into ``x_i`` (``(..., k, 1)``)
 and ``x_j`` (``(..., 1, k)``). Where a pair is outside a kernel's domain the
-kernel returns 0 for it (a dropped term, documented per function), never NaN
-from a branch that ``torch.where`` discards.
+kernel returns 0 for it (a dropped term, documented per function).
+
+The kernels are evaluated on the saved, non-differentiable spectrum inside a
+backward pass and are never differentiated themselves, so a branch that
+``torch.where`` discards may hold inf/NaN without harm; they are written for
+few passes over the ``(..., k, k)`` arrays, which dominate the backward of
+small batched matrices.
 """
 
 from __future__ import annotations
@@ -27,23 +32,26 @@ def pairwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.unsqueeze(-1), x.unsqueeze(-2)
 
 
-def quotient_where(num: torch.Tensor, den: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """num / den where ``valid``, 0 elsewhere; the discarded branch never divides by 0."""
-    safe_den = torch.where(valid, den, torch.ones_like(den))
-    return torch.where(valid, num / safe_den, torch.zeros_like(num / safe_den))
+def quotient_where(
+    num: torch.Tensor | float, den: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """num / den where ``valid``, 0 elsewhere (a dropped term)."""
+    return torch.where(valid, num / den, 0.0)
 
 
 def sum_quotient(
-    h_i: torch.Tensor, h_j: torch.Tensor, s_i: torch.Tensor, s_j: torch.Tensor, tol: torch.Tensor
+    h_sum: torch.Tensor | float, s_i: torch.Tensor, s_j: torch.Tensor, tol: torch.Tensor
 ) -> torch.Tensor:
     """D⁺_ij = (h(s_i) + h(s_j)) / (s_i + s_j), and 0 where |s_i + s_j| ≤ tol.
+
+    ``h_sum`` is h(s_i) + h(s_j) (a number when h is constant).
 
     No cancellation for s ≥ 0 (a sum of non-negative terms). The denominator
     only vanishes when both singular values are zero (to rounding, ``tol``):
     there the function is not differentiable and the term is dropped.
     """
     den = s_i + s_j
-    return quotient_where(h_i + h_j, den, den.abs() > tol)
+    return quotient_where(h_sum, den, den.abs() > tol)
 
 
 def difference_quotient_across(
@@ -72,7 +80,7 @@ def sqrt_difference(r_i: torch.Tensor, r_j: torch.Tensor, drop: torch.Tensor) ->
     differentiable at 0, and the dropped term is the subgradient 0 (as torch's
     ``abs`` uses at 0).
     """
-    return quotient_where(torch.ones_like(r_i + r_j), r_i + r_j, ~drop)
+    return quotient_where(1.0, r_i + r_j, ~drop)
 
 
 def inv_sqrt_difference(r_i: torch.Tensor, r_j: torch.Tensor) -> torch.Tensor:
@@ -100,11 +108,8 @@ def log_difference(x_i: torch.Tensor, x_j: torch.Tensor) -> torch.Tensor:
     hi = torch.maximum(x_i, x_j)
     spread = hi - lo
     t = spread / lo
-    tied = t == 0
+    # log1p(t)/t → 1 as t → 0 (the tie: φ'(lo) = 1/lo)
+    near = torch.where(t == 0, 1.0, torch.log1p(t) / t) / lo
+    far = (torch.log(hi) - torch.log(lo)) / spread
     # t ≤ 1 ⇔ hi ≤ 2·lo: the logs are within log 2 of each other and would cancel.
-    close = t <= 1
-    safe_t = torch.where(tied, torch.ones_like(t), t)
-    near = torch.where(tied, torch.ones_like(t), torch.log1p(safe_t) / safe_t) / lo
-    safe_spread = torch.where(close, torch.ones_like(spread), spread)
-    far = (torch.log(hi) - torch.log(lo)) / safe_spread
-    return torch.where(close, near, far)
+    return torch.where(t <= 1, near, far)

@@ -83,13 +83,20 @@ class _GramSpectral(torch.autograd.Function):
         a, u, s, vh = ctx.saved_tensors
         m, k, n = u.shape[-2], vh.shape[-2], vh.shape[-1]
         scaled_e, scaled_e0 = ctx.kernel.derivatives(s, singular_value_tolerance(s, m, n))
-        grad_sym = (grad_f + grad_f.mH) / 2  # Gs: only the Hermitian part of G acts on Φ(B)
-        vg = vh @ grad_sym  # Vᴴ Gs, k×n
-        w = vg @ vh.mH  # W = Vᴴ Gs V
-        grad_a = 2 * u @ (scaled_e * w) @ vh
+        # Only the Hermitian part Gs of G acts on Φ(B); W = Vᴴ Gs V = (P + Pᴴ)/2, P = Vᴴ G V,
+        # so 2 (sE ∘ W) = sE ∘ (P + Pᴴ): symmetrize on the k×k side, the factor 2 cancels.
+        v = vh.mH
         if n > k:
-            # 2 U diag(s e0) Vᴴ Gs (I − VVᴴ) = 2 U diag(s e0) (VᴴGs − W Vᴴ)
-            grad_a = grad_a + 2 * u @ (scaled_e0.unsqueeze(-1) * (vg - w @ vh))
+            # Vᴴ Gs = (Vᴴ G + (G V)ᴴ)/2, needed whole for the complement term
+            vg = (vh @ grad_f + (grad_f @ v).mH) * 0.5
+            w2 = 2 * (vg @ v)  # 2W
+        else:
+            p = vh @ grad_f @ v
+            w2 = p + p.mH  # 2W
+        grad_a = u @ (scaled_e * w2) @ vh
+        if n > k:
+            # 2 U diag(s e0) Vᴴ Gs (I − VVᴴ) = U diag(2 s e0) (VᴴGs − W Vᴴ)
+            grad_a = grad_a + u @ ((2 * scaled_e0).unsqueeze(-1) * (vg - (0.5 * w2) @ vh))
         return first_order_only(grad_a, a), None
 
 
@@ -111,9 +118,8 @@ class GramSqrtKernel:
     def derivatives(self, s: torch.Tensor, tol: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s_i, s_j = pairwise(s)
         # E_ij = (s_i − s_j)/(s_i² − s_j²) = 1/(s_i + s_j)
-        scaled_e = quotient_where(
-            s_i.expand_as(s_i + s_j), s_i + s_j, s_i + s_j > tol.unsqueeze(-1)
-        )
+        den = s_i + s_j
+        scaled_e = quotient_where(s_i, den, den > tol.unsqueeze(-1))
         # s e0 = (√λ − 0)/s = 1 for s > 0; √ has no derivative at 0 (dropped)
         scaled_e0 = (s > tol).to(s.dtype)
         return scaled_e, scaled_e0

@@ -46,30 +46,23 @@ class LowRankKernel:
     k: int
 
     def values(self, s: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
-        return torch.where(_top(s, self.k), s, torch.zeros_like(s))
+        return torch.where(_top(s, self.k), s, 0.0)
 
     def derivatives(
         self, s: torch.Tensor, tol: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         top = _top(s, self.k)
-        h = torch.where(top, s, torch.zeros_like(s))
+        h = torch.where(top, s, 0.0)
         s_i, s_j = pairwise(s)
         h_i, h_j = pairwise(h)
         top_i, top_j = pairwise(top)
-        across = top_i ^ top_j
-        # across the cut: s_i/(s_i − s_j), the only entry that blows up at s_k = s_{k+1}
-        # (there it is left to be ±inf/NaN: no gradient exists).
-        safe_den = torch.where(across, s_i - s_j, torch.ones_like(s_i - s_j))
-        d_minus = torch.where(
-            across, (h_i - h_j) / safe_den, (top_i & top_j).to(s.dtype)
-        )  # in–in: (s_i − s_j)/(s_i − s_j) = 1, also at ties
-        d_plus = torch.where(
-            top_i & top_j,
-            torch.ones_like(s_i * s_j),  # (s_i + s_j)/(s_i + s_j) = 1, also for zero pairs
-            sum_quotient(h_i, h_j, s_i, s_j, tol.unsqueeze(-1)),
-        )
-        edge = top.to(s.dtype)
-        return d_minus, d_plus, edge
+        both = top_i & top_j
+        # in–in: (s_i − s_j)/(s_i − s_j) = 1 and (s_i + s_j)/(s_i + s_j) = 1, also at ties and
+        # for zero pairs. Across the cut: s_i/(s_i − s_j), the only entry that blows up at
+        # s_k = s_{k+1} (left ±inf/NaN there: no gradient exists). Out–out: 0.
+        d_minus = torch.where(both, 1.0, quotient_where(h_i - h_j, s_i - s_j, top_i ^ top_j))
+        d_plus = torch.where(both, 1.0, sum_quotient(h_i + h_j, s_i, s_j, tol.unsqueeze(-1)))
+        return d_minus, d_plus, top.to(s.dtype)  # h(s)/s = 1 on the top k
 
 
 @dataclass(frozen=True)

@@ -51,25 +51,22 @@ class PinvKernel:
         return s > cut
 
     def values(self, s: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
-        return quotient_where(torch.ones_like(s), s, self.kept(s))
+        return quotient_where(1.0, s, self.kept(s))
 
     def derivatives(
         self, s: torch.Tensor, tol: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         kept = self.kept(s)
-        h = quotient_where(torch.ones_like(s), s, kept)
+        h = quotient_where(1.0, s, kept)
         s_i, s_j = pairwise(s)
         h_i, h_j = pairwise(h)
         kept_i, kept_j = pairwise(kept)
-        both = kept_i & kept_j
-        safe_i = torch.where(kept_i, s_i, torch.ones_like(s_i))
-        safe_j = torch.where(kept_j, s_j, torch.ones_like(s_j))
         d_minus = torch.where(
-            both,
-            reciprocal_difference(safe_i, safe_j),  # no cancellation inside the kept block
+            kept_i & kept_j,
+            reciprocal_difference(s_i, s_j),  # no cancellation inside the kept block
             difference_quotient_across(h_i, h_j, s_i, s_j, kept_i ^ kept_j),
         )
-        d_plus = sum_quotient(h_i, h_j, s_i, s_j, tol.unsqueeze(-1))
+        d_plus = sum_quotient(h_i + h_j, s_i, s_j, tol.unsqueeze(-1))
         edge = h * h  # h(s)/s = 1/s² on the kept part
         return d_minus, d_plus, edge
 

@@ -33,13 +33,12 @@ class PolarKernel:
 
     def derivatives(
         self, s: torch.Tensor, tol: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[None, torch.Tensor, torch.Tensor]:
         s_i, s_j = pairwise(s)
-        ones_i, ones_j = pairwise(torch.ones_like(s))
-        d_minus = torch.zeros_like(s_i * s_j)  # (1 − 1)/(σ_i − σ_j) = 0, also at ties
-        d_plus = sum_quotient(ones_i, ones_j, s_i, s_j, tol.unsqueeze(-1))  # 2/(σ_i + σ_j)
-        edge = quotient_where(torch.ones_like(s), s, s.abs() > tol)  # h(s)/s = 1/s
-        return d_minus, d_plus, edge
+        # D⁻ = (1 − 1)/(σ_i − σ_j) = 0, also at ties: None.
+        d_plus = sum_quotient(2.0, s_i, s_j, tol.unsqueeze(-1))  # (1 + 1)/(σ_i + σ_j)
+        edge = quotient_where(1.0, s, s.abs() > tol)  # h(s)/s = 1/s
+        return None, d_plus, edge
 
 
 def polar(a: torch.Tensor) -> torch.Tensor:

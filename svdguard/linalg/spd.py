@@ -64,7 +64,8 @@ class _SpdSpectral(torch.autograd.Function):
     def backward(ctx: Any, grad_f: torch.Tensor, *_unused: Any) -> tuple[Any, None]:
         b, lam, q = ctx.saved_tensors
         d = ctx.kernel.derivatives(lam, _eigenvalue_tolerance(lam))
-        w = q.mH @ ((grad_f + grad_f.mH) / 2) @ q
+        p = q.mH @ grad_f @ q
+        w = (p + p.mH) * 0.5  # W = Qᴴ sym(G) Q = sym(Qᴴ G Q)
         return first_order_only(q @ (d * w) @ q.mH, b), None
 
 

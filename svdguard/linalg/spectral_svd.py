@@ -48,8 +48,12 @@ class SvdKernel(Protocol):
 
     def derivatives(
         self, s: torch.Tensor, tol: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(D⁻, D⁺, h(s)/s): shapes ``(..., k, k)``, ``(..., k, k)``, ``(..., k)``."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(D⁻, D⁺, h(s)/s): shapes ``(..., k, k)``, ``(..., k, k)``, ``(..., k)``.
+
+        D⁻ is None when it is identically zero (h constant), which saves the
+        symmetric half of the backward.
+        """
         ...
 
 
@@ -119,9 +123,10 @@ def spectral_svd_backward(
     else:
         ug = u.mH @ grad_f  # Uᴴ G, k×n
         p = ug @ v
-    sym = (p + p.mH) / 2
-    skew = (p - p.mH) / 2
-    grad_a = u @ (d_minus * sym + d_plus * skew) @ vh
+    core = d_plus * ((p - p.mH) * 0.5)  # D⁺ ∘ skew(P)
+    if d_minus is not None:
+        core = core + d_minus * ((p + p.mH) * 0.5)  # + D⁻ ∘ sym(P)
+    grad_a = u @ core @ vh
     if m > k:
         # (I − UUᴴ) G V diag(h/s) Vᴴ = (GV − U P) diag(h/s) Vᴴ
         grad_a = grad_a + ((gv - u @ p) * edge.unsqueeze(-2)) @ vh
