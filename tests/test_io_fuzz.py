@@ -52,6 +52,12 @@ def _npz(arrays: dict[str, np.ndarray], compression: int) -> bytes:
     return buffer.getvalue()
 
 
+def _torch_save(state: dict[str, object]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
 ORIGINALS: dict[str, torch.Tensor] = {
     "w": torch.arange(12, dtype=torch.float32).reshape(3, 4),
     "b": torch.linspace(-1, 1, 4, dtype=torch.float64),
@@ -63,6 +69,7 @@ FIXTURES: dict[str, bytes] = {
     ".npy": _npy(np.asarray(ORIGINALS["w"].numpy(), order="F")),
     ".npz": _npz({key: t.numpy() for key, t in ORIGINALS.items()}, zipfile.ZIP_STORED),
     "deflated.npz": _npz({key: t.numpy() for key, t in ORIGINALS.items()}, zipfile.ZIP_DEFLATED),
+    ".pt": _torch_save({"w": ORIGINALS["w"], "nested": {"b": ORIGINALS["b"]}, "step": 3}),
 }
 
 
@@ -108,6 +115,7 @@ def test_mutated_bytes(fixture: str, changes: list[tuple[int, int]], cut: int | 
     if cut is not None:
         content = content[: cut % (len(content) + 1)]
     suffix = ".npz" if fixture.endswith(".npz") else fixture
+    original_keys = {"nested.b": "b"} if suffix == ".pt" else {}
     try:
         loaded = _load_all(bytes(content), suffix)
     except SvdguardError:
@@ -117,8 +125,9 @@ def test_mutated_bytes(fixture: str, changes: list[tuple[int, int]], cut: int | 
         # Unchanged files load exactly; .npz members carry a CRC-32, so a member that
         # loads under an original key holds the original values.
         for key, (_, _, tensor) in loaded.items():
-            if key in ORIGINALS and tensor.dtype == ORIGINALS[key].dtype:
-                assert torch.equal(tensor, ORIGINALS[key]), key
+            name = original_keys.get(key, key)
+            if name in ORIGINALS and tensor.dtype == ORIGINALS[name].dtype:
+                assert torch.equal(tensor, ORIGINALS[name]), key
 
 
 dims = st.one_of(

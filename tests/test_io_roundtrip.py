@@ -154,6 +154,15 @@ def test_torch_state_dict_round_trip(tmp_path: Path) -> None:
     assert records["head.bias"].display_name == "ckpt.pt[head.bias]"
 
 
+def test_torch_legacy_format(tmp_path: Path) -> None:
+    """Pre-1.6 (non-zip) checkpoints cannot be memory-mapped; they are read whole."""
+    state = {"w": _tensor(4, 2), "b": _tensor(2, dtype=torch.float16, seed=1)}
+    torch.save(state, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    loaded = read_tensors(tmp_path / "legacy.bin")
+    assert set(loaded) == {"w", "b"}
+    assert all(torch.equal(loaded[key], state[key]) for key in state)
+
+
 def test_torch_bare_tensor(tmp_path: Path) -> None:
     tensor = _tensor(3, 3)
     torch.save(tensor, tmp_path / "t.bin")
@@ -169,6 +178,37 @@ def test_read_tensor_key_rules(tmp_path: Path) -> None:
     assert "two.safetensors[c]" in str(info.value)
     save_file({"only": _tensor(2, 2)}, tmp_path / "one.safetensors")
     assert torch.equal(read_tensor(tmp_path / "one.safetensors"), _tensor(2, 2))
+
+
+def test_npy_key_rules(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.eye(2))
+    assert torch.equal(read_tensor(tmp_path / "a.npy", ""), torch.eye(2, dtype=torch.float64))
+    with pytest.raises(InputError, match="holds one unnamed tensor; drop the key") as info:
+        read_tensor(tmp_path / "a.npy", "w")
+    assert "a.npy[w]" in str(info.value)
+
+
+def test_expand_hugging_face_directory(tmp_path: Path) -> None:
+    """safetensors weights win over .bin copies of the same weights; arrays always count."""
+    save_file({"w": _tensor(2, 2)}, tmp_path / "model.safetensors")
+    torch.save({"w": _tensor(2, 2)}, tmp_path / "pytorch_model.bin")
+    np.save(tmp_path / "extra.npy", np.zeros(2))
+    (tmp_path / "config.json").write_text("{}")
+    assert expand_inputs([tmp_path]) == [tmp_path / "model.safetensors", tmp_path / "extra.npy"]
+    (tmp_path / "model.safetensors").unlink()
+    assert expand_inputs([str(tmp_path)]) == [
+        tmp_path / "pytorch_model.bin",
+        tmp_path / "extra.npy",
+    ]
+
+
+def test_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "w.h5").write_bytes(b"x")
+    with pytest.raises(InputError, match="unknown file type '.h5'; svdguard reads .npy"):
+        list(iter_records(tmp_path / "w.h5"))
+    with pytest.raises(InputError, match="no such file") as info:
+        list(iter_records(tmp_path / "gone.npy"))
+    assert str(tmp_path / "gone.npy") in str(info.value)
 
 
 def test_handmade_record_loads(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import ast
 import struct
 import warnings
 from dataclasses import dataclass
+from io import BufferedReader
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ import torch
 from svdguard.errors import InputError, ResourceLimitError, UnsafeInputError
 from svdguard.io.dtypes import numpy_dtype_name, torch_dtype
 from svdguard.io.limits import MAX_NPY_HEADER_BYTES, element_count
-from svdguard.io.payload import numpy_bytes_to_tensor, read_exact
+from svdguard.io.payload import ByteStream, numpy_bytes_to_tensor, read_exact
 from svdguard.io.records import TensorRecord, error_key
 
 MAGIC = b"\x93NUMPY"
@@ -51,7 +51,7 @@ def _bad(message: str, path: str | Path, key: str | None) -> InputError:
 
 
 def _read_bytes(
-    stream: BinaryIO, count: int, what: str, path: str | Path, key: str | None
+    stream: ByteStream, count: int, what: str, path: str | Path, key: str | None
 ) -> bytes:
     data = stream.read(count)
     if len(data) != count:
@@ -59,7 +59,7 @@ def _read_bytes(
     return data
 
 
-def read_header(stream: BinaryIO, *, path: str | Path, key: str | None = None) -> NpyHeader:
+def read_header(stream: ByteStream, *, path: str | Path, key: str | None = None) -> NpyHeader:
     """Parse a .npy header from ``stream`` (positioned at its start); InputError if malformed."""
     magic = stream.read(len(MAGIC))
     if magic != MAGIC:
@@ -101,8 +101,9 @@ def read_header(stream: BinaryIO, *, path: str | Path, key: str | None = None) -
         raise _bad(f"fortran_order {fortran_order!r} is not True/False", path, key)
     descr = fields["descr"]
     try:
-        dtype: np.dtype | None = np.lib.format.descr_to_dtype(descr)
-        name = numpy_dtype_name(dtype)
+        parsed: np.dtype = np.lib.format.descr_to_dtype(descr)
+        dtype: np.dtype | None = parsed
+        name = numpy_dtype_name(parsed)
     except (TypeError, ValueError, KeyError, IndexError, SyntaxError, RecursionError):
         dtype, name = None, str(descr)[:40]
     if dtype is not None and dtype.subdtype is not None:
@@ -144,7 +145,12 @@ def check_loadable(header: NpyHeader, *, path: str | Path, key: str | None) -> n
 
 
 def read_payload(
-    stream: BinaryIO, header: NpyHeader, *, path: str | Path, key: str | None, available: int | None
+    stream: ByteStream,
+    header: NpyHeader,
+    *,
+    path: str | Path,
+    key: str | None,
+    available: int | None,
 ) -> torch.Tensor:
     """Read the payload after ``header``; ``available``: bytes left in the stream, if known."""
     dtype = check_loadable(header, path=path, key=key)
@@ -169,7 +175,7 @@ def read_payload(
         ) from None
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> BufferedReader:
     try:
         return open(path, "rb")  # noqa: SIM115 - closed by the callers' with-blocks
     except OSError as err:

@@ -11,6 +11,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -36,6 +37,10 @@ ZIP_ERRORS: tuple[type[BaseException], ...] = (
 MEMBER_SUFFIX = ".npy"
 #: Bytes zipfile reads per step while a member's header is parsed (see iter_npz_records).
 HEADER_READ_STEP = 64
+
+
+def _open_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> zipfile.ZipExtFile:
+    return cast(zipfile.ZipExtFile, archive.open(info))  # typeshed says IO[bytes]
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:
@@ -72,12 +77,12 @@ def iter_npz_records(path: Path, *, max_elements: int) -> list[TensorRecord]:
         try:
             for info in _members(archive, path):
                 key = info.filename[: -len(MEMBER_SUFFIX)]
-                with archive.open(info) as stream:
+                with _open_member(archive, info) as stream:
                     # zipfile verifies the CRC-32 once it reaches the member's end, and by
                     # default reads at least 4 KiB at a time: a small member would be read
                     # whole and a damaged payload would fail the listing. Reading the header
                     # in small steps leaves the payload (and its check) to the record's load().
-                    stream.MIN_READ_SIZE = HEADER_READ_STEP
+                    stream.MIN_READ_SIZE = HEADER_READ_STEP  # type: ignore[misc]
                     header = npy.read_header(stream, path=path, key=key)
                 records.append(
                     TensorRecord(
@@ -98,7 +103,7 @@ def _load_member(record: TensorRecord) -> torch.Tensor:
     with _open_zip(path) as archive:
         try:
             info = archive.getinfo(key + MEMBER_SUFFIX)
-            with archive.open(info) as stream:
+            with _open_member(archive, info) as stream:
                 header = npy.read_header(stream, path=path, key=key)
                 npy.check_loadable(header, path=path, key=key)  # object dtype: refuse first
                 available = info.file_size - header.data_offset

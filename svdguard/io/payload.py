@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,12 +19,22 @@ from svdguard.errors import InputError
 CHUNK_BYTES = 16 * 2**20
 
 
+class ByteStream(Protocol):
+    """What the readers need of a binary file or a zip member: read, readinto, tell."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+    def tell(self) -> int: ...
+
+
 def read_exact(
-    stream: BinaryIO, nbytes: int, *, path: str | Path, key: str | None, what: str
+    stream: ByteStream, nbytes: int, *, path: str | Path, key: str | None, what: str
 ) -> torch.Tensor:
     """``nbytes`` bytes of ``stream`` as a uint8 tensor; InputError if the stream ends early."""
     buffer = torch.empty(nbytes, dtype=torch.uint8)
-    view = memoryview(buffer.numpy())
+    view = memoryview(buffer.numpy())  # type: ignore[arg-type]  # ndarray is a buffer
     filled = 0
     while filled < nbytes:
         count = stream.readinto(view[filled : filled + CHUNK_BYTES])

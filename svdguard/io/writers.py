@@ -179,14 +179,15 @@ def write_tensor(
     if not isinstance(tensor, torch.Tensor):
         raise InputError(f"expected a torch.Tensor, got {type(tensor).__name__}", path=target)
     data = tensor.detach().to("cpu").resolve_conj().resolve_neg().contiguous()
-    array = _as_numpy(data, target) if suffix in (".npy", ".npz") else None
-    with atomic_output(target, force=force, protect=protect) as temporary:
-        if suffix == ".safetensors":
+    if suffix == ".safetensors":
+        with atomic_output(target, force=force, protect=protect) as temporary:
             save_file({key: data}, os.fspath(temporary))
-        else:
-            with open(temporary, "wb") as stream:
-                if suffix == ".npy":
-                    np.save(stream, array, allow_pickle=False)
-                else:
-                    np.savez(stream, **{key: array})
+        return target
+    array = _as_numpy(data, target)
+    with atomic_output(target, force=force, protect=protect) as temporary:
+        with open(temporary, "wb") as stream:
+            if suffix == ".npy":
+                np.save(stream, array, allow_pickle=False)
+            else:
+                np.savez(stream, **{key: array})  # type: ignore[arg-type]  # (stubs: allow_pickle)
     return target
