@@ -86,17 +86,15 @@ class _GramSpectral(torch.autograd.Function):
         # Only the Hermitian part Gs of G acts on Φ(B); W = Vᴴ Gs V = (P + Pᴴ)/2, P = Vᴴ G V,
         # so 2 (sE ∘ W) = sE ∘ (P + Pᴴ): symmetrize on the k×k side, the factor 2 cancels.
         v = vh.mH
-        if n > k:
-            # Vᴴ Gs = (Vᴴ G + (G V)ᴴ)/2, needed whole for the complement term
-            vg = (vh @ grad_f + (grad_f @ v).mH) * 0.5
-            w2 = 2 * (vg @ v)  # 2W
-        else:
+        if n == k:
             p = vh @ grad_f @ v
-            w2 = p + p.mH  # 2W
-        grad_a = u @ (scaled_e * w2) @ vh
-        if n > k:
-            # 2 U diag(s e0) Vᴴ Gs (I − VVᴴ) = U diag(2 s e0) (VᴴGs − W Vᴴ)
-            grad_a = grad_a + u @ ((2 * scaled_e0).unsqueeze(-1) * (vg - (0.5 * w2) @ vh))
+            grad_a = u @ (scaled_e * (p + p.mH)) @ vh
+        else:
+            vg = (vh @ grad_f + (grad_f @ v).mH) * 0.5  # Vᴴ Gs, needed whole for the complement
+            w = vg @ v
+            grad_a = u @ (scaled_e * (2 * w)) @ vh
+            # + 2 U diag(s e0) Vᴴ Gs (I − VVᴴ) = 2 U diag(s e0) (VᴴGs − W Vᴴ)
+            grad_a = grad_a + u @ ((2 * scaled_e0).unsqueeze(-1) * (vg - w @ vh))
         return first_order_only(grad_a, a), None
 
 
