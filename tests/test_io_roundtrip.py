@@ -262,3 +262,23 @@ def test_expand_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(InputError, match="holds no") as info:
         expand_inputs([empty])
     assert "empty_dir" in str(info.value)
+
+
+def test_torch_sharded_index(tmp_path: Path) -> None:
+    """pytorch_model.bin.index.json: the same weight_map layout, torch shards."""
+    torch.save({"a": _tensor(2, 2)}, tmp_path / "pytorch_model-00001-of-00002.bin")
+    torch.save({"b": _tensor(3, seed=1)}, tmp_path / "pytorch_model-00002-of-00002.bin")
+    weight_map = {"a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin"}
+    index = tmp_path / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    loaded = read_tensors(index)
+    assert torch.equal(loaded["a"], _tensor(2, 2)) and torch.equal(loaded["b"], _tensor(3, seed=1))
+
+
+def test_null_byte_path() -> None:
+    for call in (
+        lambda: expand_inputs(["bad\0name.npy"]),
+        lambda: list(iter_records(Path("bad\0name.npy"))),
+    ):
+        with pytest.raises(InputError, match="bad"):
+            call()

@@ -64,7 +64,9 @@ def test_failure_mid_write_leaves_nothing(
     monkeypatch.setattr(
         writers_module, "save_file", lambda tensors, path: write_half_then_fail(path)
     )
-    with pytest.raises(interrupt, match="simulated"):
+    # An OSError (disk full, ...) becomes an InputError naming the file; Ctrl-C stays itself.
+    expected = InputError if interrupt is OSError else interrupt
+    with pytest.raises(expected, match="simulated"):
         write_tensor(tmp_path / f"g{suffix}", torch.ones(2, 2))
     assert _listing(tmp_path) == []
 
@@ -123,3 +125,19 @@ def test_npz_key_and_complex(tmp_path: Path) -> None:
     write_tensor(tmp_path / "g.npz", tensor, key="dA")
     assert torch.equal(read_tensor(tmp_path / "g.npz", "dA"), tensor)
     assert torch.equal(read_tensor(tmp_path / "g.npz"), tensor)
+
+
+def test_rename_failure_is_an_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_space(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writers_module.os, "replace", no_space)
+    with pytest.raises(InputError, match="cannot write: No space left on device") as info:
+        write_tensor(tmp_path / "g.npy", torch.ones(2), force=True)
+    assert str(tmp_path / "g.npy") in str(info.value)
+    assert _listing(tmp_path) == []
+
+
+def test_invalid_output_name(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cannot write here"):
+        write_tensor(str(tmp_path / "g\0.npy"), torch.ones(2))

@@ -51,8 +51,12 @@ def _expand_one(raw: str | os.PathLike[str]) -> list[Path]:
             return _expand_directory(path)
         if path.exists():
             return [path]
+    except InputError:
+        raise  # an InputError is a ValueError too; it already says what is wrong
     except OSError as err:
         raise InputError(f"cannot access: {err.strerror or err}", path=path) from None
+    except ValueError:  # e.g. "embedded null byte"
+        raise InputError("is not a valid file name", path=repr(os.fspath(raw))) from None
     text = os.fspath(raw)
     if _GLOB_CHARS.intersection(text):
         # The shell did not expand it (quoted, or no match there): expand it here, sorted.

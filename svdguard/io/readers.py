@@ -41,8 +41,12 @@ def _check_file(path: Path) -> None:
             raise InputError("is a directory, not a tensor file", path=path)
         if path.stat().st_size == 0:
             raise InputError("the file is empty (0 bytes)", path=path)
+    except InputError:
+        raise  # an InputError is a ValueError too; it already says what is wrong
     except OSError as err:
         raise InputError(f"cannot access: {err.strerror or err}", path=path) from None
+    except ValueError:  # e.g. "embedded null byte"
+        raise InputError("is not a valid file name", path=repr(str(path))) from None
 
 
 def iter_records(path: Path, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[TensorRecord]:

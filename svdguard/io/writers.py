@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from svdguard.errors import InputError
@@ -83,7 +84,14 @@ def atomic_output(
     '{}'
     """
     target = Path(path)
-    _check_target(target, force=force, protect=protect)
+    if "\0" in os.fspath(path):
+        raise InputError("cannot write here: the name holds a NUL byte", path=repr(os.fspath(path)))
+    try:
+        _check_target(target, force=force, protect=protect)
+    except InputError:
+        raise
+    except (OSError, ValueError) as err:  # e.g. permission denied, "embedded null byte"
+        raise InputError(f"cannot write here: {err}", path=repr(os.fspath(path))) from None
     try:
         handle, name = tempfile.mkstemp(
             dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}"
@@ -96,17 +104,28 @@ def atomic_output(
     try:
         os.close(handle)
         yield temporary
-        # After the block: a writer may have replaced the file (then mkstemp's 0o600 is gone).
-        os.chmod(temporary, _default_mode())
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())  # the data is on disk before the name points at it
-        if force:
-            os.replace(temporary, target)
-        else:
-            _publish_exclusive(temporary, target)
     except BaseException:
         _remove(temporary)
         raise
+    try:
+        _publish(temporary, target, force=force)
+    except BaseException as err:
+        _remove(temporary)
+        if isinstance(err, OSError):
+            raise InputError(f"cannot write: {err.strerror or err}", path=target) from None
+        raise
+
+
+def _publish(temporary: Path, target: Path, *, force: bool) -> None:
+    """Give the finished temporary file its final mode and name (after syncing it to disk)."""
+    # A writer may have replaced the file, and mkstemp's 0o600 is not what open() gives.
+    os.chmod(temporary, _default_mode())
+    with open(temporary, "rb") as written:
+        os.fsync(written.fileno())  # the data is on disk before the name points at it
+    if force:
+        os.replace(temporary, target)
+    else:
+        _publish_exclusive(temporary, target)
 
 
 def _publish_exclusive(temporary: Path, target: Path) -> None:
@@ -179,15 +198,17 @@ def write_tensor(
     if not isinstance(tensor, torch.Tensor):
         raise InputError(f"expected a torch.Tensor, got {type(tensor).__name__}", path=target)
     data = tensor.detach().to("cpu").resolve_conj().resolve_neg().contiguous()
-    if suffix == ".safetensors":
+    array = None if suffix == ".safetensors" else _as_numpy(data, target)
+    try:
         with atomic_output(target, force=force, protect=protect) as temporary:
-            save_file({key: data}, os.fspath(temporary))
-        return target
-    array = _as_numpy(data, target)
-    with atomic_output(target, force=force, protect=protect) as temporary:
-        with open(temporary, "wb") as stream:
-            if suffix == ".npy":
-                np.save(stream, array, allow_pickle=False)
+            if array is None:
+                save_file({key: data}, os.fspath(temporary))
             else:
-                np.savez(stream, **{key: array})  # type: ignore[arg-type]  # (stubs: allow_pickle)
+                with open(temporary, "wb") as stream:
+                    if suffix == ".npy":
+                        np.save(stream, array, allow_pickle=False)
+                    else:
+                        np.savez(stream, **{key: array})  # type: ignore[arg-type]  # stubs
+    except (OSError, SafetensorError) as err:  # disk full, permission denied, ...
+        raise InputError(f"cannot write: {err}", path=target) from None
     return target
