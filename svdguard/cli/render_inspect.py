@@ -114,7 +114,13 @@ def _severity_text(severity: Severity | None) -> Text:
 
 
 def _table(rows: Sequence[Row], single_file: bool, title: str | None) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=title,
+        title_justify="left",
+        pad_edge=False,
+        collapse_padding=True,
+    )
     for header, justify in (
         ("", "left"), ("matrix", "left"), ("shape", "left"), ("dtype", "left"),
         ("σ_max", "right"), ("σ_min", "right"), ("κ₂", "right"), ("rank", "right"),
