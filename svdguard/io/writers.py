@@ -48,7 +48,7 @@ def _check_target(target: Path, *, force: bool, protect: Sequence[str | os.PathL
             f"the directory {target.parent} does not exist; create it first", path=target
         )
     if (target.exists() or target.is_symlink()) and not force:
-        raise InputError(f"{target} exists; pass --force to overwrite", path=target)
+        raise InputError("the file exists; pass --force to overwrite", path=target)
 
 
 def _default_mode() -> int:
@@ -133,11 +133,11 @@ def _publish_exclusive(temporary: Path, target: Path) -> None:
     try:
         os.link(temporary, target)
     except FileExistsError:
-        raise InputError(f"{target} exists; pass --force to overwrite", path=target) from None
+        raise InputError("the file exists; pass --force to overwrite", path=target) from None
     except OSError:
         # A file system without hard links: fall back to a plain rename after a last check.
         if target.exists():
-            raise InputError(f"{target} exists; pass --force to overwrite", path=target) from None
+            raise InputError("the file exists; pass --force to overwrite", path=target) from None
         os.replace(temporary, target)
         return
     _remove(temporary)
