@@ -33,10 +33,12 @@ from svdguard.linalg.diagnostics import (
     CUDA_DRIVERS,
     PRECISIONS,
     Subject,
+    all_finite,
     analysis_dtype,
     as_matrix,
     batched_singular_values,
     count_nonfinite,
+    narrows,
     nonfinite_report,
     report_from_spectrum,
     singular_values,
@@ -276,7 +278,7 @@ def _analyse(
         on_device = matrix.to(
             device=analysis.device, dtype=analysis_dtype(matrix.dtype, analysis.precision)
         )
-        if bool(torch.isfinite(on_device).all()):
+        if not narrows(matrix.dtype, on_device.dtype) or all_finite(on_device):
             yield from queue.add(_Pending(subject, on_device, record))
             return
         # The cast overflowed (float64 data beyond float32's range): the retry path handles it.

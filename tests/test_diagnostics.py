@@ -17,6 +17,7 @@ from svdguard.linalg.diagnostics import (
     diagnose,
     singular_values,
 )
+from svdguard.linalg.spectrum import singular_gaps
 from svdguard.report import Flag, Severity
 from svdguard.tolerances import machine_eps
 
@@ -99,6 +100,16 @@ def test_xdisna_gap_includes_s_i_for_non_square_only() -> None:
     tall = with_singular_values([4.0, 3.0, 0.5], 6, 3, seed=1)
     assert diagnose(square).rel_min_gap == pytest.approx(1.0 / 4.0, rel=1e-13)
     assert diagnose(tall).rel_min_gap == pytest.approx(0.5 / 4.0, rel=1e-13)
+
+
+def test_xdisna_gaps_match_the_pairwise_definition() -> None:
+    g = torch.Generator().manual_seed(5)
+    s = torch.cat([torch.rand(9, generator=g, dtype=torch.float64), torch.tensor([0.5, 0.5])])
+    s = s.sort(descending=True).values
+    for m, n in ((11, 11), (15, 11), (11, 13)):
+        expected = singular_gaps(s, m, n)  # the k×k brute force of linalg.spectrum
+        assert torch.equal(diagnostics.xdisna_gaps(s, m, n), expected)
+    assert diagnostics.xdisna_gaps(torch.tensor([2.0]), 1, 1).item() == math.inf
 
 
 def test_one_by_one_square_has_infinite_gap() -> None:
@@ -269,3 +280,26 @@ def test_orthogonal_float32_every_pair_tied() -> None:
     q = haar_unitary(8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     report = diagnose(q.to(torch.float32))
     assert report.tied_pairs == 8 * 7 // 2 and report.severity is Severity.ERROR
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float64,
+        torch.float32,
+        torch.bfloat16,
+        torch.float16,
+        torch.float8_e4m3fn,
+        torch.complex64,
+    ],
+)
+def test_count_nonfinite_matches_numpy(dtype: torch.dtype) -> None:
+    values = np.ones((4, 5))
+    values[0, 1], values[2, 2], values[3, 4] = np.nan, np.inf, -np.inf
+    stored = torch.from_numpy(values).to(dtype)
+    # float8_e4m3fn has no infinity (±inf saturates to ±448): count what was stored.
+    wide = stored.to(torch.complex128 if dtype.is_complex else torch.float64).numpy()
+    expected = int((~np.isfinite(wide)).sum())
+    assert expected == (1 if dtype == torch.float8_e4m3fn else 3)
+    assert diagnostics.count_nonfinite(stored) == expected
+    assert diagnostics.count_nonfinite(torch.ones(4, 5, dtype=dtype)) == 0

@@ -30,7 +30,6 @@ import torch
 
 from svdguard import tolerances
 from svdguard.errors import InputError, NumericalError
-from svdguard.linalg.spectrum import singular_gaps
 from svdguard.report import Finding, Flag, MatrixReport, Severity
 
 #: cuSOLVER drivers tried in turn on CUDA: gesvd (QR iteration, the most accurate), then
@@ -79,6 +78,23 @@ def count_close_pairs(s: torch.Tensor, tol: float) -> int:
     upper = torch.searchsorted(ascending, s + tol, right=True)
     lower = torch.searchsorted(ascending, s - tol, right=False)
     return int((upper - lower - 1).sum()) // 2
+
+
+def xdisna_gaps(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """gap_i = min_{j≠i} |s_i − s_j| (and s_i itself when m ≠ n) for descending ``s`` (k,).
+
+    LAPACK xDISNA's definition, as ``linalg.spectrum.singular_gaps``, but in
+    O(k) memory: in a sorted spectrum the nearest other value is a neighbour,
+    gap_i = min(s_{i−1} − s_i, s_i − s_{i+1}) (a k×k difference matrix would
+    take 134 MB for k = 4096).
+    """
+    k = s.numel()
+    gaps = torch.full_like(s, math.inf)
+    if k > 1:
+        steps = s[:-1] - s[1:]  # ≥ 0: s is descending
+        gaps[:-1] = steps
+        gaps[1:] = torch.minimum(gaps[1:], steps)
+    return torch.minimum(gaps, s) if m != n else gaps
 
 
 @dataclass(frozen=True)
@@ -135,7 +151,7 @@ def singular_values(
         scale = _power_of_two_scale(a) if rescale else 1.0
         if scale != 1.0:
             a = a * scale
-        if not bool(torch.isfinite(a).all()):
+        elif narrows(matrix.dtype, dtype) and not all_finite(a):
             failures.append(f"{dtype_name(dtype)}: entries overflow the dtype")
             continue
         try:
@@ -162,8 +178,30 @@ def batched_singular_values(stack: torch.Tensor, *, driver: str | None = None) -
     return s.to(device="cpu", dtype=torch.float64)
 
 
+def narrows(source: torch.dtype, target: torch.dtype) -> bool:
+    """True when casting ``source`` to ``target`` can overflow (float64 → float32, say)."""
+    real_source, real_target = (torch.empty((), dtype=d).real.dtype for d in (source, target))
+    return torch.finfo(real_target).max < torch.finfo(real_source).max
+
+
+def all_finite(matrix: torch.Tensor) -> bool:
+    """True when no entry is NaN or ±Inf, from two reductions that allocate nothing.
+
+    amax and amin propagate NaN, and an infinite entry is the max or the min.
+    """
+    values = torch.view_as_real(matrix) if matrix.is_complex() else matrix
+    if torch.finfo(values.dtype).bits == 8:
+        values = values.to(torch.float32)  # reductions are not implemented for every fp8 type
+    return bool(torch.isfinite(values.amax())) and bool(torch.isfinite(values.amin()))
+
+
 def count_nonfinite(matrix: torch.Tensor) -> int:
-    """Number of NaN/±Inf entries (works on every float dtype, bf16 and fp8 included)."""
+    """Number of NaN/±Inf entries (every float dtype, bf16 and fp8 included).
+
+    A finite matrix (the usual case) costs two reductions; only otherwise are they counted.
+    """
+    if all_finite(matrix):
+        return 0
     if matrix.dtype.is_floating_point and torch.finfo(matrix.dtype).bits == 8:
         matrix = matrix.to(torch.float32)  # isfinite is not implemented for every fp8 type
     return int(matrix.numel() - int(torch.isfinite(matrix).sum()))
@@ -256,7 +294,7 @@ def _spectrum_numbers(
     else:
         near_tol = gap_rtol * sigma_max
     near_tol = max(near_tol, tie_tol)  # every tied pair is also near-degenerate
-    gaps = singular_gaps(s, m, n)  # xDISNA: min_j≠i |s_i − s_j|, and s_i when m ≠ n
+    gaps = xdisna_gaps(s, m, n)
     min_gap = float(gaps.min())
     # gap/σ_max is 0/0 for the zero matrix: undefined, reported as None.
     rel_min_gap = min_gap / sigma_max if sigma_max > 0 else None
