@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -112,9 +113,13 @@ def measure(variant: str, path: Path, threads: int) -> dict[str, float]:
     return {"seconds": seconds, "peak_rss": peak, "baseline_rss": baseline, "matrices": count}
 
 
-def in_subprocess(*args: str) -> dict[str, float]:
+def in_subprocess(*args: str, threads: int) -> dict[str, float]:
+    # numpy's bundled OpenBLAS takes every core unless told: give every variant the same.
+    env = dict(os.environ)
+    env.update({name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+    env["MKL_NUM_THREADS"] = str(threads)
     out = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, check=True
+        [sys.executable, __file__, *args], capture_output=True, text=True, check=True, env=env
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -124,7 +129,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12, help="encoder layers (BERT-base: 12)")
     parser.add_argument("--vocab", type=int, default=30522, help="rows of the token embedding")
     parser.add_argument("--repeat", type=int, default=2, help="alternated runs; fastest kept")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in every variant")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS/torch threads, every variant")
     parser.add_argument("--numpy", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -152,7 +157,13 @@ def main() -> None:
         for _ in range(args.repeat):
             for variant in variants:
                 run = in_subprocess(
-                    "--measure", variant, "--path", str(path), "--threads", str(args.threads)
+                    "--measure",
+                    variant,
+                    "--path",
+                    str(path),
+                    "--threads",
+                    str(args.threads),
+                    threads=args.threads,
                 )
                 if variant not in best or run["seconds"] < best[variant]["seconds"]:
                     best[variant] = run
