@@ -126,7 +126,7 @@ def render(
     """Write the report in ``output_format`` to ``file`` (a text stream)."""
     footer = f"→ exit {code} (--fail-on {settings['fail_on']})"
     if output_format is OutputFormat.table:
-        print_table(stdout_console(file), items, summary, footer)
+        print_table(stdout_console(file), items, summary, footer, settings["paths"])
     elif output_format is OutputFormat.json:
         file.write(to_json(json_document(items, summary, settings, code)))
     elif output_format is OutputFormat.csv:

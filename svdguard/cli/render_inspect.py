@@ -193,18 +193,26 @@ LEGEND = (
 
 
 def print_table(
-    console: Console, items: Sequence[InspectionItem], summary: InspectionSummary, footer: str
+    console: Console,
+    items: Sequence[InspectionItem],
+    summary: InspectionSummary,
+    footer: str,
+    inputs: Sequence[str] = (),
 ) -> None:
-    """The table (worst first), the findings under it, the skipped tensors and the summary line."""
+    """The table (worst first), the findings under it, the skipped tensors and the summary line.
+
+    ``inputs`` (the files inspected) name the title when the rows come from several files.
+    """
     rows, skipped = worst_first(items)
     common = _common_path(rows, skipped)
     single_file = common is not None
-    title = f"svdguard inspect {Path(common).name}" if common else "svdguard inspect"
+    names = [Path(common).name] if common else [Path(p).name for p in inputs]
+    title = " ".join(["svdguard inspect", *names])
     if rows:
         console.print(_table(rows, single_file, title))
         console.print(Text(LEGEND, style="dim"), soft_wrap=True)
     else:
-        console.print(Text(title if single_file else "svdguard inspect: no matrix analysed"))
+        console.print(Text(f"{title}: no matrix analysed"))
     findings = _findings_lines(rows, single_file)
     if findings:
         console.print()
