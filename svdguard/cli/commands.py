@@ -1,4 +1,6 @@
 """Imports every command module so that each registers itself on the app."""
 
-from svdguard.cli import grad_cmd  # noqa: F401
-from svdguard.cli import inspect_cmd  # noqa: F401
+from svdguard.cli import (
+    grad_cmd,  # noqa: F401
+    inspect_cmd,  # noqa: F401
+)
