@@ -301,6 +301,14 @@ def test_no_color_is_respected() -> None:
     assert "degenerate" in plain.stdout
 
 
+def test_table_report_file_is_plain(tmp_path: Path) -> None:
+    out = tmp_path / "report.txt"
+    result = run(str(CHECKPOINT), "--output", str(out), env={"FORCE_COLOR": "1"})
+    assert result.exit_code == 1
+    text = out.read_text(encoding="utf-8")
+    assert "\x1b[" not in text and "encoder.layer2.orthogonal.weight" in text
+
+
 def test_help_documents_flags_and_exit_codes() -> None:
     result = CliRunner().invoke(app, ["inspect", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0

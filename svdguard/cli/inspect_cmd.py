@@ -101,7 +101,12 @@ def progress_display(enabled: bool) -> Iterator[Callable[[InspectionItem], None]
 
 
 def stdout_console(file: Any = None) -> Console:
-    """A Console for data: Rich's own NO_COLOR/FORCE_COLOR handling; wide and plain when piped."""
+    """A Console for data: Rich's own NO_COLOR/FORCE_COLOR handling; wide and plain when piped.
+
+    A report file (``--output``) is always plain: no escape codes, whatever the environment.
+    """
+    if file is not None and file is not sys.stdout:
+        return Console(file=file, highlight=False, force_terminal=False, width=PIPE_WIDTH)
     console = Console(file=file, highlight=False, soft_wrap=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(file=file, highlight=False, soft_wrap=False, width=PIPE_WIDTH)
