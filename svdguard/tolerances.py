@@ -10,6 +10,7 @@ singular value of the matrix at hand; m×n its shape.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -38,8 +39,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
+@functools.lru_cache(maxsize=None)
 def machine_eps(dtype: torch.dtype) -> float:
-    """ε of ``dtype`` (the real part's for complex dtypes)."""
+    """ε of ``dtype`` (the real part's for complex dtypes); cached, it sits on the backward's path."""
     return float(torch.finfo(real_dtype(dtype)).eps)
 
 

@@ -460,3 +460,19 @@ def test_cuda_matches_cpu():
 def test_invalid_arguments_raise_input_error(call, message):
     with pytest.raises(InputError, match=message):
         call()
+
+
+def test_mask_free_path_equals_guarded_path():
+    """The backward skips its masks when no denominator is at rounding level; same numbers."""
+    from svdguard.linalg.svd import _thresholds
+    from svdguard.linalg.svd_backward import BackwardConfig, svd_backward
+
+    a = random_matrix(4, 6, 5, seed=45)
+    U, S, Vh = torch.linalg.svd(a, full_matrices=False)
+    gU, gVh = random_matrix(4, 6, 5, seed=46), random_matrix(4, 5, 5, seed=47)
+    gS = random_matrix(4, 5, seed=48)
+    config = BackwardConfig("auto")
+    tau, eps = _thresholds(config, S, 6, 5)
+    fast = svd_backward(config, U, S, Vh, gU, gS, gVh, tau, eps, fast_path_allowed=True)
+    guarded = svd_backward(config, U, S, Vh, gU, gS, gVh, tau, eps, fast_path_allowed=False)
+    assert relative_error(fast, guarded) <= exactness_tolerance(torch.float64)

@@ -66,40 +66,33 @@ def exact_sum_part(s: torch.Tensor, tau: torch.Tensor, jk_diff: torch.Tensor) ->
     On the diagonal it is (J − K)_ii / (4 s_i): zero for real inputs (J, K are
     skew) and the complex phase term i·Im(diag(Uᴴ gU)) / s_i otherwise.
     """
-    return jk_diff * _half_inverse_sums(s, tau, guard=True)
+    return jk_diff * _half_inverse_sums(s, tau)
 
 
-def _half_inverse_sums(s: torch.Tensor, tau: torch.Tensor, *, guard: bool) -> torch.Tensor:
-    """1 / (2 σ_ij), 0 where σ_ij ≤ τ. ``guard=False``: the caller knows σ_ij > τ everywhere."""
+def _half_inverse_sums(s: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """1 / (2 σ_ij), 0 where σ_ij ≤ τ."""
     s2_i, s2_j = _pair_grids(s + s)
     sigma2 = s2_i + s2_j
-    return masked_reciprocal(sigma2, sigma2 > 2 * tau) if guard else sigma2.reciprocal()
+    return masked_reciprocal(sigma2, sigma2 > 2 * tau)
 
 
-def _half_inverse_differences(s: torch.Tensor, tau: torch.Tensor, *, guard: bool) -> torch.Tensor:
-    """1 / (2 d_ij), 0 where |d_ij| ≤ τ, so also on the diagonal (d_ii = 0).
-
-    ``guard=False`` (the caller knows every off-diagonal |d_ij| > τ and that the
-    diagonal of the numerator is zero, i.e. real inputs): the diagonal gets 1/1.
-    """
+def _half_inverse_differences(s: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """1 / (2 d_ij), 0 where |d_ij| ≤ τ, so also on the diagonal (d_ii = 0)."""
     s2_i, s2_j = _pair_grids(s + s)
     d2 = s2_j - s2_i
-    if guard:
-        return masked_reciprocal(d2, d2.abs() > 2 * tau)
-    d2.diagonal(dim1=-2, dim2=-1).fill_(1.0)
-    return d2.reciprocal()
+    return masked_reciprocal(d2, d2.abs() > 2 * tau)
 
 
 def needs_guard(s: torch.Tensor, tau: torch.Tensor) -> bool:
     """Whether any denominator of the auto kernel is at rounding level, checked on O(k) values.
 
     s is sorted, so a tie exists iff some neighbouring gap s_i − s_{i+1} ≤ τ, and
-    some σ_ij ≤ τ iff 2 s_min ≤ τ. Reads values (a host sync on GPUs), so it is
-    only called outside torch.func transforms.
+    some σ_ij ≤ τ iff 2 s_min ≤ τ; both in one reduction over (gaps, 2 s_min).
+    Reads values (a host sync on GPUs), so it is only called outside
+    torch.func transforms.
     """
-    tau_vec = tau.squeeze(-1)
-    ties = (s[..., :-1] - s[..., 1:]) <= tau_vec
-    return bool(ties.any() or (2 * s[..., -1:] <= tau_vec).any())
+    edges = torch.cat((s[..., :-1] - s[..., 1:], s[..., -1:] * 2), dim=-1)
+    return bool((edges <= tau.squeeze(-1)).any())
 
 
 def auto_inner(
@@ -113,11 +106,17 @@ def auto_inner(
     """Split form with every reciprocal exact above rounding level.
 
     X_ij = (J+K)_ij / (2 d_ij) [dropped iff |d_ij| ≤ τ] + (J−K)_ij / (2 σ_ij) [dropped iff σ_ij ≤ τ].
-    ``guard=False`` skips the masks when :func:`needs_guard` found none active
-    (same values, fewer passes over the k×k matrices).
+    ``guard=False``, when :func:`needs_guard` found no denominator at rounding
+    level and the input is real (so the diagonal of J + K is exactly 0): the
+    same quotients as plain divisions, the diagonal of 2d set to 1.
     """
-    difference_part = jk_sum * _half_inverse_differences(s, tau, guard=guard)
-    return torch.addcmul(difference_part, jk_diff, _half_inverse_sums(s, tau, guard=guard))
+    if guard:
+        difference_part = jk_sum * _half_inverse_differences(s, tau)
+        return torch.addcmul(difference_part, jk_diff, _half_inverse_sums(s, tau))
+    s2_i, s2_j = _pair_grids(s + s)
+    d2 = s2_j - s2_i
+    d2.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    return jk_sum / d2 + jk_diff / (s2_i + s2_j)
 
 
 def lorentz_inner(
