@@ -39,7 +39,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def machine_eps(dtype: torch.dtype) -> float:
     """ε of ``dtype`` (the real part's for complex dtypes); cached, it sits on the backward's path."""
     return float(torch.finfo(real_dtype(dtype)).eps)
