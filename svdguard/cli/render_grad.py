@@ -177,10 +177,10 @@ def verdict_lines(report: GradientReport) -> list[str]:
                 "divides rounding noise by rounding noise; for clamp, lorentz and taylor part of "
                 "the difference is the stabilizer's own bias."
             )
-    tied = sum(e.has_ties for e in report.elements)
-    if tied:
+    tied_count = sum(e.has_ties for e in report.elements)
+    if tied_count:
         lines.append(
-            f"at tied singular values{_of(tied, count)} no SVD backward can recover the "
+            f"at tied singular values{_of(tied_count, count)} no SVD backward can recover the "
             "symmetric in-block part of the gradient (it is not in U, S, V and their upstream "
             "gradients): the auto backward is exact there for losses of U Vᴴ or S, not for "
             "e.g. U diag(S) Vᴴ; svdguard.functional has exact gradients of such functions."

@@ -99,14 +99,11 @@ def check_complex_phase(
     U: torch.Tensor, Vh: torch.Tensor, gU: torch.Tensor | None, gVh: torch.Tensor | None
 ) -> None:
     """Raise like torch does when a complex loss depends on the phase of the singular vectors."""
-    im_u = torch.imag((U.mH @ gU).diagonal(dim1=-2, dim2=-1)) if gU is not None else None
-    im_v = torch.imag((Vh @ gVh.mH).diagonal(dim1=-2, dim2=-1)) if gVh is not None else None
-    if im_u is None and im_v is None:
+    if gU is None and gVh is None:
         return
-    if im_u is None:
-        im_u = torch.zeros_like(im_v)
-    if im_v is None:
-        im_v = torch.zeros_like(im_u)
+    zeros = torch.zeros(U.shape[:-2] + U.shape[-1:], dtype=U.real.dtype, device=U.device)
+    im_u = torch.imag((U.mH @ gU).diagonal(dim1=-2, dim2=-1)) if gU is not None else zeros
+    im_v = torch.imag((Vh @ gVh.mH).diagonal(dim1=-2, dim2=-1)) if gVh is not None else zeros
     rtol, atol = complex_phase_tolerance()
     if not torch.allclose(im_u, -im_v, rtol=rtol, atol=atol):
         raise IllDefinedGradientError(

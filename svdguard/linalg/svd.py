@@ -24,6 +24,9 @@ from svdguard.tolerances import (
     tie_tolerance,
 )
 
+#: What :func:`svd` returns: torch's ``torch.return_types.linalg_svd`` named tuple (U, S, Vh).
+SVDResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
 METHODS = ("auto", "clamp", "lorentz", "taylor", "trivialize", "native")
 
 #: Default degree P of ``method="taylor"`` (Wang et al. report P ≈ 9 as a good trade-off).
@@ -175,7 +178,7 @@ def svd(
     degree: int | None = None,
     max_cond: float | None = None,
     gauge_check: bool = False,
-) -> torch.return_types.linalg_svd:
+) -> SVDResult:
     r"""Singular value decomposition ``A = U diag(S) Vh`` with a backward that stays finite.
 
     Returns ``(U, S, Vh)`` exactly like :func:`torch.linalg.svd` (same named-tuple
@@ -251,7 +254,7 @@ def svd(
     if method == "native":
         return torch.linalg.svd(A, full_matrices=full_matrices)
     U, S, Vh = _SVDFunction.apply(A, full_matrices, config, bool(gauge_check))
-    return torch.return_types.linalg_svd((U, S, Vh))
+    return torch.return_types.linalg_svd((U, S, Vh))  # type: ignore[attr-defined]
 
 
 def svdvals(A: torch.Tensor) -> torch.Tensor:
@@ -265,7 +268,7 @@ def svdvals(A: torch.Tensor) -> torch.Tensor:
     A = _check_matrix(A, "svdguard.svdvals")
     if not (torch.is_grad_enabled() and A.requires_grad):
         return torch.linalg.svdvals(A)
-    return svd(A).S
+    return svd(A)[1]
 
 
 def guarded_pairs(
@@ -293,10 +296,9 @@ def guarded_pairs(
     s_i, s_j = S.unsqueeze(-1), S.unsqueeze(-2)
     d = (s_j - s_i).abs()
     bias = stabilizer_bias_tolerance(S.dtype)
-    if method == "clamp":
-        acting = d < eps_t
-    elif method == "lorentz":
-        acting = eps_t / (d * d + eps_t) > bias
+    if method in ("clamp", "lorentz"):
+        assert eps_t is not None  # _thresholds sets it for these two methods
+        acting = d < eps_t if method == "clamp" else eps_t / (d * d + eps_t) > bias
     elif method == "taylor":
         lam_i, lam_j = s_i * s_i, s_j * s_j
         big = torch.maximum(lam_i, lam_j)
