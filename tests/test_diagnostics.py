@@ -106,10 +106,12 @@ def test_xdisna_gaps_match_the_pairwise_definition() -> None:
     g = torch.Generator().manual_seed(5)
     s = torch.cat([torch.rand(9, generator=g, dtype=torch.float64), torch.tensor([0.5, 0.5])])
     s = s.sort(descending=True).values
+    pairwise = (s[:, None] - s[None, :]).abs().fill_diagonal_(math.inf).amin(dim=1)
     for m, n in ((11, 11), (15, 11), (11, 13)):
-        expected = singular_gaps(s, m, n)  # the k×k brute force of linalg.spectrum
-        assert torch.equal(diagnostics.xdisna_gaps(s, m, n), expected)
-    assert diagnostics.xdisna_gaps(torch.tensor([2.0]), 1, 1).item() == math.inf
+        expected = pairwise if m == n else torch.minimum(pairwise, s)  # xDISNA, brute force
+        assert torch.equal(singular_gaps(s, m, n), expected)
+        assert torch.equal(singular_gaps(torch.stack([s, s]), m, n), torch.stack([expected] * 2))
+    assert singular_gaps(torch.tensor([2.0]), 1, 1).item() == math.inf
 
 
 def test_one_by_one_square_has_infinite_gap() -> None:

@@ -30,6 +30,7 @@ import torch
 
 from svdguard import tolerances
 from svdguard.errors import InputError, NumericalError
+from svdguard.linalg.spectrum import singular_gaps
 from svdguard.report import Finding, Flag, MatrixReport, Severity
 
 #: cuSOLVER drivers tried in turn on CUDA: gesvd (QR iteration, the most accurate), then
@@ -78,23 +79,6 @@ def count_close_pairs(s: torch.Tensor, tol: float) -> int:
     upper = torch.searchsorted(ascending, s + tol, right=True)
     lower = torch.searchsorted(ascending, s - tol, right=False)
     return int((upper - lower - 1).sum()) // 2
-
-
-def xdisna_gaps(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
-    """gap_i = min_{j≠i} |s_i − s_j| (and s_i itself when m ≠ n) for descending ``s`` (k,).
-
-    LAPACK xDISNA's definition, as ``linalg.spectrum.singular_gaps``, but in
-    O(k) memory: in a sorted spectrum the nearest other value is a neighbour,
-    gap_i = min(s_{i−1} − s_i, s_i − s_{i+1}) (a k×k difference matrix would
-    take 134 MB for k = 4096).
-    """
-    k = s.numel()
-    gaps = torch.full_like(s, math.inf)
-    if k > 1:
-        steps = s[:-1] - s[1:]  # ≥ 0: s is descending
-        gaps[:-1] = steps
-        gaps[1:] = torch.minimum(gaps[1:], steps)
-    return torch.minimum(gaps, s) if m != n else gaps
 
 
 @dataclass(frozen=True)
@@ -294,7 +278,7 @@ def _spectrum_numbers(
     else:
         near_tol = gap_rtol * sigma_max
     near_tol = max(near_tol, tie_tol)  # every tied pair is also near-degenerate
-    gaps = xdisna_gaps(s, m, n)
+    gaps = singular_gaps(s, m, n)
     min_gap = float(gaps.min())
     # gap/σ_max is 0/0 for the zero matrix: undefined, reported as None.
     rel_min_gap = min_gap / sigma_max if sigma_max > 0 else None

@@ -24,15 +24,16 @@ def singular_gaps(s: torch.Tensor, m: int, n: int) -> torch.Tensor:
     itself, since the longer side's factor has a null space at singular value 0.
     For k = 1 and a square matrix there is no other value: gap = +∞.
     The angle error of computed singular vector i is bounded by ε·σ_max / gap_i.
+
+    s is sorted, so the nearest other value is a neighbour:
+    gap_i = min(s_{i−1} − s_i, s_i − s_{i+1}); O(k) memory, no k×k differences.
     """
-    k = s.shape[-1]
-    diff = (s.unsqueeze(-1) - s.unsqueeze(-2)).abs()
-    eye = torch.eye(k, dtype=torch.bool, device=s.device)
-    diff = diff.masked_fill(eye, torch.inf)
-    gaps = diff.amin(dim=-1)
-    if m != n:
-        gaps = torch.minimum(gaps, s)
-    return gaps
+    gaps = torch.full_like(s, torch.inf)
+    if s.shape[-1] > 1:
+        steps = s[..., :-1] - s[..., 1:]  # ≥ 0: s is descending
+        gaps[..., :-1] = steps
+        gaps[..., 1:] = torch.minimum(gaps[..., 1:], steps)
+    return torch.minimum(gaps, s) if m != n else gaps
 
 
 def tied_pairs(s: torch.Tensor, tol: torch.Tensor | float) -> torch.Tensor:
