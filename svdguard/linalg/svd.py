@@ -86,10 +86,11 @@ class _SVDFunction(torch.autograd.Function):
         U, S, Vh = ctx.saved_tensors
         k = S.shape[-1]
         m, n = U.shape[-2], Vh.shape[-1]
-        # full_matrices=True: gradients on the extra columns are ignored, as torch documents.
-        U, Vh = U[..., :k], Vh[..., :k, :]
-        gU = None if gU is None else gU[..., :k]
-        gVh = None if gVh is None else gVh[..., :k, :]
+        if U.shape[-1] != k or Vh.shape[-2] != k:
+            # full_matrices=True: gradients on the extra columns are ignored, as torch documents.
+            U, Vh = U[..., :k], Vh[..., :k, :]
+            gU = None if gU is None else gU[..., :k]
+            gVh = None if gVh is None else gVh[..., :k, :]
         if k == 0:
             return (
                 torch.zeros(*U.shape[:-2], m, n, dtype=U.dtype, device=U.device),

@@ -88,14 +88,16 @@ def svd_backward(
     if uh_gu is None and vh_gv is None:
         inner = torch.diag_embed(gS.to(U.dtype)) if gS is not None else None
     else:
-        if config.method in ("auto", "trivialize") and uh_gu is not None and vh_gv is not None:
-            # J ± K = skew(Uᴴ gU ± Vᴴ gV): two skews instead of three.
-            plus, minus = uh_gu + vh_gv, uh_gu - vh_gv
-            guard = not fast_path_allowed or U.is_complex() or stabilizers.needs_guard(S, tau)
-            inner = stabilizers.auto_inner(S, tau, skew(plus), skew(minus), guard=guard)
+        J = skew(uh_gu) if uh_gu is not None else None
+        K = skew(vh_gv) if vh_gv is not None else None
+        if (
+            config.method in ("auto", "trivialize")
+            and fast_path_allowed
+            and not U.is_complex()
+            and not stabilizers.needs_guard(S, tau)
+        ):
+            inner = stabilizers.unguarded_inner(S, J, K)
         else:
-            J = skew(uh_gu) if uh_gu is not None else None
-            K = skew(vh_gv) if vh_gv is not None else None
             inner = inner_matrix(config, S, tau, eps, J, K)
         if gS is not None:
             inner.diagonal(dim1=-2, dim2=-1).add_(gS.to(inner.dtype))
