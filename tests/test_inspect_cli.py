@@ -376,3 +376,16 @@ def test_corpus_exit_codes(corpus: Path, case: CorpusCase) -> None:
         assert result.exit_code == 1 and "nonfinite" in talk
     else:
         assert result.exit_code in (0, 1)
+
+
+def test_narrow_console_hides_the_least_important_columns() -> None:
+    narrow = run(str(CHECKPOINT), env={"COLUMNS": "100"})
+    wide = run(str(CHECKPOINT), env={"COLUMNS": "250"})
+    assert narrow.exit_code == wide.exit_code == 1
+    header = next(line for line in narrow.stdout.splitlines() if "matrix" in line)
+    assert "κ₂" in header and "min gap" in header and "flags" in header
+    assert "rank tol" not in header
+    assert "columns hidden to fit 100 characters: rank tol" in narrow.stdout
+    assert "columns hidden" not in wide.stdout
+    assert "rank tol" in next(line for line in wide.stdout.splitlines() if "matrix" in line)
+    assert len(header.rstrip()) <= 100

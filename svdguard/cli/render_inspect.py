@@ -17,6 +17,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -113,7 +114,48 @@ def _severity_text(severity: Severity | None) -> Text:
     )
 
 
-def _table(rows: Sequence[Row], single_file: bool, title: str | None) -> Table:
+#: Columns of the table: (header, justification). The first is the severity.
+_COLUMNS = (
+    ("", "left"), ("matrix", "left"), ("shape", "left"), ("dtype", "left"),
+    ("σ_max", "right"), ("σ_min", "right"), ("κ₂", "right"), ("rank", "right"),
+    ("rank tol", "right"), ("min gap", "right"), ("pairs", "right"), ("vec err", "right"),
+    ("noise", "right"), ("flags", "left"),
+)  # fmt: skip
+
+#: Columns given up, in this order, when the table is wider than the console; the
+#: rest (severity, matrix, shape, κ₂, rank, min gap, flags) always stays, and the
+#: JSON/CSV formats always carry everything.
+_DROP_ORDER = ("rank tol", "noise", "vec err", "σ_max", "σ_min", "dtype", "pairs")
+
+#: A width no table reaches: measuring with it gives the table's natural (unwrapped) width.
+_UNBOUNDED_WIDTH = 100_000
+
+
+def _cells(row: Row, single_file: bool) -> list[Text | str]:
+    label = Text(_label(row, single_file))
+    if isinstance(row, FailedReport):
+        return [
+            _severity_text(Severity.ERROR), label, shape_text(row), row.dtype or "?",
+            *(["—"] * 9), Text("failed", style=_STYLES[Severity.ERROR]),
+        ]  # fmt: skip
+    k = min(row.matrix_shape)
+    rank = "—" if row.rank is None else f"{row.rank}/{k}"
+    pairs = (
+        "—"
+        if row.near_degenerate_pairs is None
+        else f"{row.near_degenerate_pairs}/{row.tied_pairs}"
+    )
+    return [
+        _severity_text(row.severity), label, shape_text(row), row.dtype,
+        fmt(row.sigma_max), fmt(row.sigma_min), cond_text(row), rank, fmt(row.rank_tol),
+        fmt(row.rel_min_gap), pairs, fmt(row.vector_error_bound), fmt(row.noise_floor),
+        Text(", ".join(row.flags), style=_STYLES.get(row.severity, "")),  # type: ignore[arg-type]
+    ]  # fmt: skip
+
+
+def _table(
+    cells: Sequence[Sequence[Text | str]], title: str | None, hidden: Sequence[str] = ()
+) -> Table:
     table = Table(
         box=box.SIMPLE_HEAD,
         title=title,
@@ -121,35 +163,32 @@ def _table(rows: Sequence[Row], single_file: bool, title: str | None) -> Table:
         pad_edge=False,
         collapse_padding=True,
     )
-    for header, justify in (
-        ("", "left"), ("matrix", "left"), ("shape", "left"), ("dtype", "left"),
-        ("σ_max", "right"), ("σ_min", "right"), ("κ₂", "right"), ("rank", "right"),
-        ("rank tol", "right"), ("min gap", "right"), ("pairs", "right"), ("vec err", "right"),
-        ("noise", "right"), ("flags", "left"),
-    ):  # fmt: skip
+    keep = [i for i, (header, _) in enumerate(_COLUMNS) if header not in hidden]
+    for i in keep:
+        header, justify = _COLUMNS[i]
         table.add_column(header, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for row in rows:
-        label = Text(_label(row, single_file))
-        if isinstance(row, FailedReport):
-            table.add_row(
-                _severity_text(Severity.ERROR), label, shape_text(row), row.dtype or "?",
-                *(["—"] * 9), Text("failed", style=_STYLES[Severity.ERROR]),
-            )  # fmt: skip
-            continue
-        k = min(row.matrix_shape)
-        rank = "—" if row.rank is None else f"{row.rank}/{k}"
-        pairs = (
-            "—"
-            if row.near_degenerate_pairs is None
-            else (f"{row.near_degenerate_pairs}/{row.tied_pairs}")
-        )
-        table.add_row(
-            _severity_text(row.severity), label, shape_text(row), row.dtype,
-            fmt(row.sigma_max), fmt(row.sigma_min), cond_text(row), rank, fmt(row.rank_tol),
-            fmt(row.rel_min_gap), pairs, fmt(row.vector_error_bound), fmt(row.noise_floor),
-            Text(", ".join(row.flags), style=_STYLES.get(row.severity, "")),  # type: ignore[arg-type]
-        )  # fmt: skip
+    for row in cells:
+        table.add_row(*(row[i] for i in keep))
     return table
+
+
+def fitted_table(
+    console: Console, rows: Sequence[Row], single_file: bool, title: str | None
+) -> tuple[Table, list[str]]:
+    """The table, without the least important columns if it would not fit the console's width.
+
+    Returns the table and the headers it hid (empty when everything fits).
+    """
+    cells = [_cells(row, single_file) for row in rows]
+    hidden: list[str] = []
+    table = _table(cells, title)
+    unbounded = console.options.update(max_width=_UNBOUNDED_WIDTH)
+    for header in _DROP_ORDER:
+        if Measurement.get(console, unbounded, table).maximum <= console.width:
+            break
+        hidden.append(header)
+        table = _table(cells, title, hidden)
+    return table, hidden
 
 
 def _findings_lines(rows: Sequence[Row], single_file: bool) -> list[Text]:
@@ -209,8 +248,18 @@ def print_table(
     names = [Path(common).name] if common else [Path(p).name for p in inputs]
     title = " ".join(["svdguard inspect", *names])
     if rows:
-        console.print(_table(rows, single_file, title))
+        table, hidden = fitted_table(console, rows, single_file, title)
+        console.print(table)
         console.print(Text(LEGEND, style="dim"), soft_wrap=True)
+        if hidden:
+            console.print(
+                Text(
+                    f"(columns hidden to fit {console.width} characters: {', '.join(hidden)}; "
+                    "widen the terminal or use --format json)",
+                    style="dim",
+                ),
+                soft_wrap=True,
+            )
     else:
         console.print(Text(f"{title}: no matrix analysed"))
     findings = _findings_lines(rows, single_file)
