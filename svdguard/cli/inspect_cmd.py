@@ -27,8 +27,9 @@ from svdguard.inspection import inspect
 from svdguard.io import DEFAULT_MAX_ELEMENTS, atomic_output, expand_inputs
 from svdguard.report import InspectionItem, InspectionSummary, Severity
 
-#: Width of the table when stdout is not a terminal and COLUMNS is unset: CI logs and
-#: files do not wrap, so the table stays one line per matrix.
+#: Console width for plain text (a report file, or stdout piped with COLUMNS unset). The
+#: table itself is then printed at its natural width (CI logs and files do not wrap), so
+#: this only sets where the explanatory lines wrap.
 PIPE_WIDTH = 200
 
 
@@ -131,7 +132,10 @@ def render(
     """Write the report in ``output_format`` to ``file`` (a text stream)."""
     footer = f"→ exit {code} (--fail-on {settings['fail_on']})"
     if output_format is OutputFormat.table:
-        print_table(stdout_console(file), items, summary, footer, settings["paths"])
+        console = stdout_console(file)
+        to_stdout = file is None or file is sys.stdout
+        fit = console.is_terminal or (to_stdout and "COLUMNS" in os.environ)
+        print_table(console, items, summary, footer, settings["paths"], fit_to_console=fit)
     elif output_format is OutputFormat.json:
         file.write(to_json(json_document(items, summary, settings, code)))
     elif output_format is OutputFormat.csv:

@@ -172,6 +172,12 @@ def _table(
     return table
 
 
+def natural_width(console: Console, table: Table) -> int:
+    """The width the table takes when nothing limits it."""
+    unbounded = console.options.update(max_width=_UNBOUNDED_WIDTH)
+    return Measurement.get(console, unbounded, table).maximum
+
+
 def fitted_table(
     console: Console, rows: Sequence[Row], single_file: bool, title: str | None
 ) -> tuple[Table, list[str]]:
@@ -182,9 +188,8 @@ def fitted_table(
     cells = [_cells(row, single_file) for row in rows]
     hidden: list[str] = []
     table = _table(cells, title)
-    unbounded = console.options.update(max_width=_UNBOUNDED_WIDTH)
     for header in _DROP_ORDER:
-        if Measurement.get(console, unbounded, table).maximum <= console.width:
+        if natural_width(console, table) <= console.width:
             break
         hidden.append(header)
         table = _table(cells, title, hidden)
@@ -237,10 +242,14 @@ def print_table(
     summary: InspectionSummary,
     footer: str,
     inputs: Sequence[str] = (),
+    *,
+    fit_to_console: bool = True,
 ) -> None:
     """The table (worst first), the findings under it, the skipped tensors and the summary line.
 
     ``inputs`` (the files inspected) name the title when the rows come from several files.
+    ``fit_to_console``: hide columns to fit a terminal's width; False (a file or a pipe)
+    prints every column at the table's natural width.
     """
     rows, skipped = worst_first(items)
     common = _common_path(rows, skipped)
@@ -248,8 +257,12 @@ def print_table(
     names = [Path(common).name] if common else [Path(p).name for p in inputs]
     title = " ".join(["svdguard inspect", *names])
     if rows:
-        table, hidden = fitted_table(console, rows, single_file, title)
-        console.print(table)
+        if fit_to_console:
+            table, hidden = fitted_table(console, rows, single_file, title)
+            console.print(table)
+        else:
+            table, hidden = _table([_cells(r, single_file) for r in rows], title), []
+            console.print(table, width=natural_width(console, table))
         console.print(Text(LEGEND, style="dim"), soft_wrap=True)
         if hidden:
             console.print(
