@@ -10,8 +10,8 @@ entry has two equivalent forms:
 Each method returns ``X`` with the off-diagonal entries and the complex phase
 term on the diagonal (``(J − K)_ii / (4 s_i)``, which is torch's
 ``i·Im(diag(Uᴴ gU)) / s_i`` for a phase-invariant loss); the caller adds
-diag(gS). Each also returns the reciprocals ``1/s`` used by the rectangular
-terms. Masked reciprocals are computed as ``where(ok, 1 / where(ok, x, 1), 0)``
+diag(gS). :func:`inverse_singular_values` gives the ``1/s`` of the rectangular
+terms, guarded like each method's kernel. Masked reciprocals are computed as ``where(ok, 1 / where(ok, x, 1), 0)``
 so that neither branch produces inf/NaN, which would poison double backward.
 
 ``tau`` is the rounding level of the singular values
