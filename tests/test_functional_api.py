@@ -10,6 +10,7 @@ import torch
 from helpers import (
     central_difference_grad,
     exactness_tolerance,
+    finite_difference_tolerance,
     haar_unitary,
     random_matrix,
     relative_error,
@@ -18,15 +19,13 @@ from helpers import (
 
 from svdguard import functional
 from svdguard.errors import InputError, SvdguardWarning
-from svdguard.tolerances import machine_eps
 
 F64 = torch.float64
 
 
 def fd_tolerance() -> float:
-    """Fourth-order central differences: ε^(4/5) times a derivative factor ≤ 1e4 (see
-    test_functional_gradients.fd_tolerance)."""
-    return 1e4 * machine_eps(F64) ** 0.8
+    """Agreement with fourth-order central differences (helpers.finite_difference_tolerance)."""
+    return finite_difference_tolerance(derivative_scale=1e4)
 
 
 def rotation(n: int, seed: int, det: float = 1.0) -> torch.Tensor:

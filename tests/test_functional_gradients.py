@@ -14,6 +14,7 @@ import torch
 from helpers import (
     central_difference_grad,
     exactness_tolerance,
+    finite_difference_tolerance,
     haar_unitary,
     random_matrix,
     relative_error,
@@ -28,14 +29,8 @@ EPS_WHITEN = 0.1  # regularization of gram_inv_sqrt in these tests (a parameter,
 
 
 def fd_tolerance() -> float:
-    """Agreement with fourth-order central differences in float64.
-
-    Their error is about ε^(4/5) ≈ 3e-13 times the fifth derivative of the
-    function along the step (helpers.central_difference_grad). For the 4×4 test
-    matrices here (s_min ≥ 1, ‖G‖ = O(1)) that factor stays below 1e4 (measured:
-    ≤ 1e2), giving 3e-9, under the 1e-8 the functions are asked to meet.
-    """
-    return 1e4 * machine_eps(F64) ** 0.8
+    """Agreement with fourth-order central differences (helpers.finite_difference_tolerance)."""
+    return finite_difference_tolerance(derivative_scale=1e4)
 
 
 def sqrt_eps() -> float:
