@@ -476,3 +476,17 @@ def test_mask_free_path_equals_guarded_path():
     fast = svd_backward(config, U, S, Vh, gU, gS, gVh, tau, eps, fast_path_allowed=True)
     guarded = svd_backward(config, U, S, Vh, gU, gS, gVh, tau, eps, fast_path_allowed=False)
     assert relative_error(fast, guarded) <= exactness_tolerance(torch.float64)
+
+
+def test_jacrev_matches_torch_on_separated_input():
+    from torch.func import jacrev
+
+    a = random_matrix(4, 3, seed=49)
+
+    def polar_of(svd_fn):
+        return lambda x: (lambda f: f.U @ f.Vh)(svd_fn(x))
+
+    ours = jacrev(polar_of(svdguard.svd))(a)
+    theirs = jacrev(polar_of(torch_thin))(a)
+    assert ours.shape == (4, 3, 4, 3)
+    assert relative_error(ours, theirs) <= exactness_tolerance(torch.float64)
