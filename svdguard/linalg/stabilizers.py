@@ -51,6 +51,23 @@ def split_parts(
     raise ValueError("at least one of J, K is needed")
 
 
+def combined_numerator(
+    J: torch.Tensor | None, K: torch.Tensor | None, left: torch.Tensor, right: torch.Tensor
+) -> torch.Tensor:
+    """J_ij·right_j + left_i·K_ij (the combined form's numerator), a missing J or K counting as 0.
+
+    ``left`` is a column (…, k, 1) or a k×k grid, ``right`` a row (…, 1, k) or a grid:
+    s_i and s_j for the exact and Taylor kernels, s_i/σ_ij and s_j/σ_ij for clamp.
+    """
+    if J is not None and K is not None:
+        return J * right + left * K
+    if J is not None:
+        return J * right
+    if K is not None:
+        return left * K
+    raise ValueError("at least one of J, K is needed")
+
+
 def _phase_diagonal(jk_diff: torch.Tensor, inv_sigma: torch.Tensor) -> torch.Tensor:
     """(J − K)_ii / (2 · 2 s_i): zero for real inputs, the phase term for complex ones."""
     return torch.diag_embed(
@@ -121,15 +138,7 @@ def unguarded_inner(
     s_i, s_j = _pair_grids(s)
     denominator = s_j * s_j - s_i * s_i
     denominator.diagonal(dim1=-2, dim2=-1).fill_(1.0)
-    if J is not None and K is not None:
-        numerator = J * s_j + s_i * K
-    elif J is not None:
-        numerator = J * s_j
-    elif K is not None:
-        numerator = s_i * K
-    else:
-        raise ValueError("at least one of J, K is needed")
-    return numerator / denominator
+    return combined_numerator(J, K, s_i, s_j) / denominator
 
 
 def lorentz_inner(
@@ -171,11 +180,7 @@ def clamp_inner(
     sign = torch.where(d != 0, torch.sign(d), tie_signs(s.shape[-1], s.dtype, s.device))
     clamped = sign * torch.maximum(d.abs(), eps)
     inv_sigma = masked_reciprocal(sigma, sigma > 0)
-    numerator = torch.zeros((), dtype=s.dtype, device=s.device)
-    if J is not None:
-        numerator = J * (s_j * inv_sigma)
-    if K is not None:
-        numerator = numerator + (s_i * inv_sigma) * K
+    numerator = combined_numerator(J, K, s_i * inv_sigma, s_j * inv_sigma)
     eye = torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)
     off = torch.where(eye, torch.zeros_like(numerator), numerator / clamped)
     jk_diff = split_parts(J, K)[1]
@@ -207,11 +212,7 @@ def taylor_inner(
         series = 1 + ratio * series
     kernel = tie_signs(s.shape[-1], s.dtype, s.device) * series * inv_big
     s_i, s_j = _pair_grids(s)
-    numerator = torch.zeros((), dtype=s.dtype, device=s.device)
-    if J is not None:
-        numerator = J * s_j
-    if K is not None:
-        numerator = numerator + s_i * K
+    numerator = combined_numerator(J, K, s_i, s_j)
     eye = torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)
     off = torch.where(eye, torch.zeros_like(kernel), kernel) * numerator
     jk_diff = split_parts(J, K)[1]
