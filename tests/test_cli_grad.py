@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import svdguard
+from svdguard.app.probes import factor_shapes, make_probe
 from svdguard.cli import exit_codes
 from svdguard.cli.app import app
-from svdguard.probes import factor_shapes, make_probe
 from svdguard.tolerances import machine_eps
 
 runner = CliRunner()
@@ -134,7 +134,7 @@ def test_json_is_the_report_with_nonfinite_numbers_as_strings(identity: Path):
     result = invoke(identity, "--format", "json")
     assert result.exit_code == exit_codes.OK
     data = json.loads(result.stdout)  # stdout holds only the data
-    assert data["schema_version"] == 1 and data["method"] == "auto" and data["shape"] == [4, 4]
+    assert data["schema_version"] == 2 and data["method"] == "auto" and data["shape"] == [4, 4]
     (element,) = data["elements"]
     assert element["native"] == {"finite": False, "norm": "NaN"}
     assert element["stabilized"]["finite"] is True

@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import svdguard
-from svdguard.cli import inspect_cmd
+from svdguard.app import formatting, inspection
+from svdguard.app.report import SkippedTensor
 from svdguard.cli.app import app
 from svdguard.errors import ResourceLimitError, SvdguardError
 from svdguard.io import expand_inputs, iter_records
@@ -37,6 +38,20 @@ def run(*args: str, env: dict[str, str] | None = None) -> Any:
 
 
 # --- a small JSON-schema validator (the subset inspect_schema.json uses) -------------------
+
+
+NONFINITE_SPELLINGS = {"NaN", "Infinity", "-Infinity"}
+
+
+def decode_nonfinite(value: Any) -> Any:
+    """The JSON value with the strings "NaN"/"Infinity"/"-Infinity" read back as floats."""
+    if isinstance(value, str) and value in NONFINITE_SPELLINGS:
+        return float(value)
+    if isinstance(value, dict):
+        return {key: decode_nonfinite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decode_nonfinite(item) for item in value]
+    return value
 
 
 def validate(value: Any, schema: dict[str, Any], where: str = "$") -> None:
@@ -97,7 +112,7 @@ def test_validator_rejects_what_the_schema_forbids() -> None:
     document = json.loads(run(str(CHECKPOINT), "--format", "json").stdout)
     validate(document, SCHEMA)
     broken = json.loads(json.dumps(document))
-    broken["rows"][0]["cond"] = "Infinity"
+    broken["rows"][0]["cond"] = "inf"  # only "NaN", "Infinity", "-Infinity" spell non-finite floats
     with pytest.raises(AssertionError):
         validate(broken, SCHEMA)
     broken = json.loads(json.dumps(document))
@@ -177,20 +192,23 @@ def test_json_matches_schema_and_library() -> None:
     assert result.exit_code == 1
     document = json.loads(result.stdout)
     validate(document, SCHEMA)
-    assert document["schema_version"] == 1 and document["exit_code"] == 1
+    assert document["schema_version"] == 2 and document["exit_code"] == 1
     assert document["summary"]["matrices"] == 16 and document["summary"]["skipped"] == {
         "1-d": 2,
         "integer": 1,
     }
-    by_name = {row["name"]: row for row in document["rows"]}
+    # Python's float() reads the JSON spellings of NaN/±inf back.
+    by_name = {row["name"]: decode_nonfinite(row) for row in document["rows"]}
     library = {
         r.name: r.to_dict()
         for r in svdguard.inspect([CHECKPOINT, SAMPLES / "sharded"])
-        if not isinstance(r, svdguard.report.SkippedTensor)
+        if not isinstance(r, SkippedTensor)
     }
     assert by_name == library  # the same data as the library hands on
-    zero = by_name["checkpoint.safetensors[head.unused.weight]"]
-    assert zero["cond"] == "inf" and zero["rel_min_gap"] is None
+    zero = document["rows"][
+        [r["name"] for r in document["rows"]].index("checkpoint.safetensors[head.unused.weight]")
+    ]
+    assert zero["cond"] == "Infinity" and zero["rel_min_gap"] is None
     severities = [row["severity"] for row in document["rows"]]
     rank = {"error": 3, "warning": 2, "info": 1, None: 0}
     assert severities == sorted(severities, key=lambda s: -rank[s])  # worst first
@@ -256,7 +274,7 @@ def test_ctrl_c_exits_130_and_leaves_no_file(
     def interrupted(*args: object, **kwargs: object) -> str:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(inspect_cmd, "to_json", interrupted)  # Ctrl-C while writing the file
+    monkeypatch.setattr(formatting, "to_json", interrupted)  # Ctrl-C while writing the file
     result = run(str(CHECKPOINT), "--format", "json", "--output", str(out))
     assert result.exit_code == 130
     assert result.stderr.strip() == "svdguard: interrupted"
@@ -266,7 +284,7 @@ def test_ctrl_c_exits_130_and_leaves_no_file(
         yield from []
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(inspect_cmd, "inspect", interrupted_rows)
+    monkeypatch.setattr(inspection, "inspect", interrupted_rows)
     result = run(str(CHECKPOINT))
     assert result.exit_code == 130 and result.stdout == ""
 
