@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -187,6 +188,37 @@ def test_existing_output_needs_force_and_the_input_is_never_overwritten(identity
     assert same.exit_code == exit_codes.USAGE
     assert "refusing to overwrite the input" in same.stderr
     assert identity.read_bytes() == before
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_output_refuses_devices_and_the_upstream_file(
+    identity: Path, tmp_path: Path, force: list[str]
+) -> None:
+    link = tmp_path / "null.npy"
+    link.symlink_to(os.devnull)
+    for target in (os.devnull, link):
+        result = invoke(identity, "-o", target, *force)
+        assert result.exit_code == exit_codes.USAGE
+        assert "is not a regular file" in result.stderr and "--force" not in result.stderr
+    upstream = tmp_path / "up.npz"
+    np.savez(upstream, S=np.ones(4))
+    before = upstream.read_bytes()
+    onto_upstream = invoke(identity, "--upstream", upstream, "-o", upstream, *force)
+    assert onto_upstream.exit_code == exit_codes.USAGE
+    assert "refusing to overwrite the input" in onto_upstream.stderr
+    assert upstream.read_bytes() == before and link.is_symlink()
+
+
+def test_cli_choices_are_the_library_lists() -> None:
+    from svdguard.app import probes
+    from svdguard.cli import grad_cmd
+
+    assert grad_cmd.METHODS == svdguard.METHODS
+    assert grad_cmd.LOSSES == probes.LOSSES
+    assert (grad_cmd.DEFAULT_LOSS, grad_cmd.DEFAULT_SEED) == (
+        probes.DEFAULT_LOSS,
+        probes.DEFAULT_SEED,
+    )
 
 
 @pytest.mark.parametrize(

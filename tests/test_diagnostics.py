@@ -1,4 +1,4 @@
-"""svdguard.linalg.diagnostics against numpy float64 references and closed forms."""
+"""svdguard.diagnose and svdguard.linalg.spectrum_analysis against numpy float64 references and closed forms."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -264,6 +265,74 @@ def test_output_file_is_written_atomically_and_not_overwritten(tmp_path: Path) -
     onto_input = run(str(copy), "--output", str(copy), "--force")
     assert onto_input.exit_code == 2
     assert np.array_equal(np.load(copy), np.eye(2))  # the input is untouched
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_output_never_replaces_an_input_shard_or_a_device(tmp_path: Path, force: list[str]) -> None:
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    for shard in (SAMPLES / "sharded").iterdir():
+        (sharded / shard.name).write_bytes(shard.read_bytes())
+    index = sharded / "model.safetensors.index.json"
+    shard = sharded / "model-00002-of-00002.safetensors"
+    before = {p.name: p.read_bytes() for p in sharded.iterdir()}
+    onto_shard = run(str(index), "--output", str(shard), *force)
+    assert onto_shard.exit_code == 2
+    assert (
+        "refusing to overwrite the input" in onto_shard.stderr and str(shard) in onto_shard.stderr
+    )
+    assert "--force" not in onto_shard.stderr  # it would not help
+    onto_index = run(str(sharded), "--output", str(index), *force)
+    assert onto_index.exit_code == 2 and "refusing to overwrite the input" in onto_index.stderr
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "null-link"
+    link.symlink_to(os.devnull)
+    for target in (os.devnull, str(fifo), str(link)):
+        result = run(str(CHECKPOINT), "--output", target, *force)
+        assert result.exit_code == 2 and "is not a regular file" in result.stderr, target
+        assert "--force" not in result.stderr
+    assert {p.name: p.read_bytes() for p in sharded.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "null-link", "sharded"]
+
+
+def test_output_dash_is_stdout(tmp_path: Path) -> None:
+    result = run(str(CHECKPOINT), "--format", "json", "--output", "-")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["exit_code"] == 1
+    assert not Path("-").exists()
+
+
+def test_existing_output_message_suggests_force(tmp_path: Path) -> None:
+    out = tmp_path / "report.txt"
+    out.write_text("keep")
+    result = run(str(CHECKPOINT), "--output", str(out))
+    assert result.exit_code == 2
+    assert f"{out}: the file exists; pass --force to overwrite" in result.stderr
+    assert out.read_text() == "keep"
+
+
+def test_disk_full_on_output_is_exit_2_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from svdguard.cli import inspect_cmd
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(inspect_cmd, "render", disk_full)
+    out = tmp_path / "report.json"
+    result = run(str(CHECKPOINT), "--format", "json", "--output", str(out))
+    assert result.exit_code == 2, result.stderr
+    assert f"{out}: cannot write: No space left on device" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_default_max_elements_is_the_library_default() -> None:
+    from svdguard.cli import inspect_cmd
+    from svdguard.io import DEFAULT_MAX_ELEMENTS
+
+    assert inspect_cmd.DEFAULT_MAX_ELEMENTS == DEFAULT_MAX_ELEMENTS
 
 
 def test_ctrl_c_exits_130_and_leaves_no_file(

@@ -1,7 +1,7 @@
 """torch's own SVD gradient beside the stabilized one, with the facts that explain the difference.
 
 :func:`compare_gradients` backpropagates one objective (a seeded probe loss or
-saved upstream gradients, :mod:`svdguard.probes`) through two SVDs of the same
+saved upstream gradients, :mod:`svdguard.app.probes`) through two SVDs of the same
 matrix or batch ``(..., m, n)``:
 
 * *native*: ``torch.linalg.svd`` and torch's ``linalg_svd_backward``, which
@@ -261,7 +261,7 @@ def compare_gradients(
 
     ``a`` is a float or complex ``(..., m, n)`` tensor; ``objective(U, S, Vh)`` a
     scalar loss of the thin factors in the compute dtype (see
-    :func:`svdguard.probes.make_probe`, :func:`svdguard.probes.upstream_from_tensors`).
+    :func:`svdguard.app.probes.make_probe`, :func:`svdguard.app.probes.upstream_from_tensors`).
     ``method``, ``eps``, ``degree``, ``max_cond`` go to :func:`svd` unchanged; an
     invalid combination raises :class:`~svdguard.errors.InputError`. The returned
     ``gradient`` equals ``torch.autograd.grad(objective(*svd(a, method=...)), a)``.

@@ -103,6 +103,26 @@ def progress_display(enabled: bool) -> Iterator[Callable[[InspectionItem], None]
         yield lambda item: progress.update(task, advance=1, description=item.name)
 
 
+def input_files(files: list[Path]) -> list[Path]:
+    """``files`` and the shards their checkpoint indexes name (read from the headers only).
+
+    An index that cannot be read adds nothing here; it becomes a failed row later,
+    and the rows' own paths are checked again before the report is written.
+    """
+    from svdguard.errors import InputError
+    from svdguard.io import iter_records
+    from svdguard.io.sharded import is_index
+
+    found = list(files)
+    for file in files:
+        if is_index(file):
+            try:
+                found.extend(record.path for record in iter_records(file))
+            except InputError:
+                pass
+    return found
+
+
 def exit_code(summary: InspectionSummary, fail_on: FailOn) -> int:
     """2 when a file could not be read, 1 when a row reaches --fail-on, else 0."""
     if summary.input_errors:
@@ -223,8 +243,8 @@ def run(
     files = expand_inputs(paths)  # a missing path is a usage error before any work
     if output is not None and str(output) == "-":
         output = None
-    if output is not None:  # refuse a bad -o before any work (the rows add the shards below)
-        check_output(output, force=force, inputs=files)
+    if output is not None:  # refuse a bad -o before any work
+        check_output(output, force=force, inputs=input_files(files))
     rows = inspect(
         files,
         precision=precision.value,
