@@ -228,7 +228,8 @@ def _native_run(work: torch.Tensor, objective: Objective) -> _NativeRun:
 def _frobenius(x: torch.Tensor) -> torch.Tensor:
     """Per-matrix ‖x‖_F in float64, shape (...)."""
     wide = x.to(torch.complex128 if x.is_complex() else torch.float64)
-    return torch.linalg.vector_norm(wide, dim=(-2, -1))
+    norm: torch.Tensor = torch.linalg.vector_norm(wide, dim=(-2, -1))
+    return norm
 
 
 def _all_finite(x: torch.Tensor) -> torch.Tensor:

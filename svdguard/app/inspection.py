@@ -216,11 +216,12 @@ class _BatchQueue:
         self.groups: dict[tuple[int, int, torch.dtype], list[_Pending]] = {}
 
     def add(self, pending: _Pending) -> Iterator[InspectionItem]:
-        key = (*pending.matrix.shape, pending.matrix.dtype)
-        group = self.groups.setdefault(key, [])  # type: ignore[arg-type]
+        rows, columns = pending.matrix.shape
+        key = (rows, columns, pending.matrix.dtype)
+        group = self.groups.setdefault(key, [])
         group.append(pending)
         if sum(p.matrix.numel() * p.matrix.element_size() for p in group) >= self.budget_bytes:
-            yield from self._run(self.groups.pop(key))  # type: ignore[arg-type]
+            yield from self._run(self.groups.pop(key))
 
     def flush(self) -> Iterator[InspectionItem]:
         groups, self.groups = self.groups, {}

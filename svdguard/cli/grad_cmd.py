@@ -86,7 +86,7 @@ def run(
         ),
     ] = None,
     loss: Annotated[
-        LossChoice | None,  # type: ignore[valid-type]
+        LossChoice | None,
         typer.Option(
             "--loss",
             help="Probe loss when there is no --upstream: polar ⟨W, U Vᴴ⟩, reconstruct "
@@ -99,7 +99,7 @@ def run(
         int, typer.Option("--seed", help="Seed of the probe weights W.")
     ] = DEFAULT_SEED,
     method: Annotated[
-        MethodChoice | None,  # type: ignore[valid-type]
+        MethodChoice | None,
         typer.Option(
             "--method",
             help="Stabilizer of the backward. [default: clamp when --eps is given, else auto]",

@@ -162,7 +162,9 @@ def batched_singular_values(stack: torch.Tensor, *, driver: str | None = None) -
     :func:`singular_values` one matrix at a time, which retries.
     """
     stack = tall(stack)
-    s = torch.linalg.svdvals(stack, driver=driver) if driver else torch.linalg.svdvals(stack)
+    s: torch.Tensor = (
+        torch.linalg.svdvals(stack, driver=driver) if driver else torch.linalg.svdvals(stack)
+    )
     return s.to(device="cpu", dtype=torch.float64)
 
 
