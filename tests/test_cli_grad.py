@@ -326,3 +326,12 @@ def test_malformed_and_hostile_inputs(corpus: Path, case: CorpusCase):
         assert case.filename in result.stderr and message in result.stderr
     for marker in MARKER_FILES:
         assert not (corpus / marker).exists()
+
+
+def test_piped_output_never_wraps_or_cuts_names(tmp_path: Path) -> None:
+    """A pipe gets whole lines whatever the terminal width; a greppable name stays on one line."""
+    name = "a" * 150 + ".npy"
+    path = save(tmp_path / name, torch.eye(3, dtype=torch.float64))
+    result = runner.invoke(app, ["grad", str(path)], env={"COLUMNS": None})
+    assert result.exit_code == exit_codes.OK
+    assert any(name in line for line in result.stdout.splitlines()), result.stdout

@@ -476,3 +476,13 @@ def test_narrow_console_hides_the_least_important_columns() -> None:
     assert "columns hidden" not in wide.stdout
     assert "rank tol" in next(line for line in wide.stdout.splitlines() if "matrix" in line)
     assert len(header.rstrip()) <= 100
+
+
+def test_piped_table_never_wraps_or_cuts_names(tmp_path: Path) -> None:
+    """Both commands share one console policy: without a terminal nothing is wrapped."""
+    key = "encoder." + "very_long_module_name." * 8 + "weight"
+    path = tmp_path / "long.safetensors"
+    save_file({key: torch.eye(3)}, str(path))
+    result = CliRunner().invoke(app, ["inspect", str(path)], env={"COLUMNS": None})
+    assert result.exit_code == 1  # the identity's tied singular values are an error
+    assert any(key in line for line in result.stdout.splitlines()), result.stdout

@@ -38,6 +38,7 @@ from svdguard.errors import InputError, SvdguardWarning
 from svdguard.linalg.gauge import GaugeViolation, find_gauge_violations
 from svdguard.linalg.matrix_input import check_matrix
 from svdguard.linalg.spectrum import condition_number, singular_gaps, tied_pairs
+from svdguard.linalg.spectrum_analysis import dtype_name
 from svdguard.linalg.svd import METHODS, guarded_pairs, svd
 from svdguard.linalg.svd_backward import BackwardConfig
 from svdguard.tolerances import compute_dtype, tie_tolerance
@@ -308,8 +309,8 @@ def compare_gradients(
     )
     report = GradientReport(
         shape=tuple(a.shape),
-        dtype=str(a.dtype).removeprefix("torch."),
-        compute_dtype=str(compute_dtype(a.dtype)).removeprefix("torch."),
+        dtype=dtype_name(a.dtype),
+        compute_dtype=dtype_name(compute_dtype(a.dtype)),
         method=method,
         eps=eps,
         degree=degree,

@@ -12,6 +12,8 @@ from svdguard.app.formatting import to_json as encode_json
 from svdguard.app.gradient_report import ElementFacts, GradientReport
 from svdguard.cli.console import make_console
 
+__all__ = ["LEGEND", "build_table", "print_table", "to_json", "verdict_lines"]
+
 LEGEND = (
     "κ₂ = σ_max/σ_min · min gap = min_i gap_i / σ_max (xDISNA) · guarded = pairs i<j whose "
     "kernel the method changes · torch, {method} = the gradient of each backward: ✓ finite or "

@@ -34,7 +34,21 @@ from svdguard.app.report import (
     SkippedTensor,
     item_severity,
 )
+from svdguard.cli.console import UNBOUNDED_WIDTH
 from svdguard.cli.hints import finding_text, parameter_flag
+
+__all__ = [
+    "CSV_COLUMNS",
+    "FORMATS",
+    "LEGEND",
+    "fitted_table",
+    "json_document",
+    "print_table",
+    "skipped_text",
+    "to_csv",
+    "to_github",
+    "worst_first",
+]
 
 #: Formats ``--format`` accepts.
 FORMATS = ("table", "json", "csv", "github")
@@ -114,9 +128,6 @@ _COLUMNS = (
 #: JSON/CSV formats always carry everything.
 _DROP_ORDER = ("rank tol", "noise", "vec err", "σ_max", "σ_min", "dtype", "pairs")
 
-#: A width no table reaches: measuring with it gives the table's natural (unwrapped) width.
-_UNBOUNDED_WIDTH = 100_000
-
 
 def _cells(row: Row, single_file: bool) -> list[Text | str]:
     label = Text(_label(row, single_file))
@@ -161,7 +172,7 @@ def _table(
 
 def natural_width(console: Console, table: Table) -> int:
     """The width the table takes when nothing limits it."""
-    unbounded = console.options.update(max_width=_UNBOUNDED_WIDTH)
+    unbounded = console.options.update(max_width=UNBOUNDED_WIDTH)
     return Measurement.get(console, unbounded, table).maximum
 
 
