@@ -186,6 +186,12 @@ def test_rank_deficient_and_ill_conditioned() -> None:
     assert report.rank == 3 and report.flags == ("ill-conditioned",)
     assert report.cond == pytest.approx(1e9, rel=1e-5)
     assert diagnose(ill, max_cond=1e10).findings == ()
+    # The finding names the library parameter behind its threshold, never a flag;
+    # the CLI's rendering adds the flag.
+    (finding,) = report.findings
+    assert finding.parameter == "max_cond" and "--" not in finding.message
+    assert finding.to_dict()["parameter"] == "max_cond"
+    assert finding_text(finding).endswith("(threshold: --max-cond)")
 
 
 def test_zero_matrix_is_one_warning() -> None:

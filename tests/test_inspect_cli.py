@@ -486,3 +486,24 @@ def test_piped_table_never_wraps_or_cuts_names(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["inspect", str(path)], env={"COLUMNS": None})
     assert result.exit_code == 1  # the identity's tied singular values are an error
     assert any(key in line for line in result.stdout.splitlines()), result.stdout
+
+
+def test_debug_reaches_the_command_through_the_context(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.npy")
+    plain = CliRunner().invoke(app, ["inspect", missing])
+    assert plain.exit_code == 2 and "Traceback" not in plain.stderr
+    assert "no such file or directory" in plain.stderr
+    debug = CliRunner().invoke(app, ["--debug", "inspect", missing])
+    assert debug.exit_code == 2 and "Traceback" in debug.stderr
+    assert "no such file or directory" in debug.stderr
+
+
+def test_json_findings_keep_the_library_words_and_the_table_adds_flags(tmp_path: Path) -> None:
+    path = tmp_path / "ill.npy"
+    np.save(path, with_singular_values([1.0, 0.7, 1e-9], 3, 3, seed=5).numpy())
+    document = json.loads(run(str(path), "--format", "json").stdout)
+    (finding,) = document["rows"][0]["findings"]
+    assert finding["flag"] == "ill-conditioned" and finding["parameter"] == "max_cond"
+    assert "--" not in finding["message"]
+    table = run(str(path)).stdout
+    assert "(threshold: --max-cond)" in table

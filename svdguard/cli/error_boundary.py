@@ -38,10 +38,13 @@ def say(message: str) -> None:
 
 def _debug(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """``--debug`` from the command's context argument (False when there is none)."""
+    # Typer hands the command click's own Context (typer.Context's base class): match on
+    # what is used, find_object, which finds the root's CliState from any subcommand.
     for value in (*args, *kwargs.values()):
-        if isinstance(value, typer.Context):
-            state = value.find_object(CliState)
-            return state is not None and state.debug
+        find_object = getattr(value, "find_object", None)
+        if callable(find_object):
+            state = find_object(CliState)
+            return isinstance(state, CliState) and state.debug
     return False
 
 
