@@ -26,7 +26,7 @@ from svdguard.cli.app import app
 from svdguard.errors import ResourceLimitError, SvdguardError
 from svdguard.io import expand_inputs, iter_records
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_data"
 CHECKPOINT = SAMPLES / "checkpoint.safetensors"
 SCHEMA = json.loads(
     (Path(svdguard.__file__).parent / "cli" / "inspect_schema.json").read_text(encoding="utf-8")

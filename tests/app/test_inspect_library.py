@@ -21,7 +21,7 @@ from svdguard.errors import InputError
 from svdguard.linalg import spectrum_analysis as diagnostics
 from svdguard.tolerances import compute_dtype, machine_eps
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_data"
 EPS64 = machine_eps(torch.float64)
 
 #: What sample_data/make_samples.py documents for each tensor of checkpoint.safetensors.
