@@ -1,14 +1,26 @@
 """The one exception family of svdguard, and its warning category.
 
 Every error a user can cause is a :class:`SvdguardError`; the CLI maps each
-subclass to one readable line and an exit code (see ``svdguard.cli.app``).
+subclass to one readable line and an exit code (``svdguard/cli/error_boundary.py``).
 Messages name the file and tensor key where there is one, what is wrong and,
-where possible, the fix.
+where possible, the fix, in the words of the library (parameter names such as
+``max_cond=``); the CLI adds what a command-line user should type.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+__all__ = [
+    "IllDefinedGradientError",
+    "InputError",
+    "NumericalError",
+    "OutputExistsError",
+    "ResourceLimitError",
+    "SvdguardError",
+    "SvdguardWarning",
+    "UnsafeInputError",
+]
 
 
 class SvdguardError(Exception):
@@ -41,6 +53,10 @@ class UnsafeInputError(InputError):
 
 class ResourceLimitError(InputError):
     """A tensor or header exceeds a size limit; refused before allocating it."""
+
+
+class OutputExistsError(InputError):
+    """An output file already exists and the writer was not told to replace it (``force=True``)."""
 
 
 class NumericalError(SvdguardError):

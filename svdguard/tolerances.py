@@ -62,9 +62,9 @@ def tie_tolerance(sigma_max: torch.Tensor, dtype: torch.dtype, m: int, n: int) -
     return sigma_max * (max(m, n, 1) * machine_eps(dtype))
 
 
-def rank_tolerance(sigma_max: torch.Tensor, dtype: torch.dtype, m: int, n: int) -> torch.Tensor:
-    """Numerical-rank tolerance, numpy's default: max(m, n) · ε · σ_max."""
-    return tie_tolerance(sigma_max, dtype, m, n)
+def rounding_level(sigma_max: float, dtype: torch.dtype, m: int, n: int) -> float:
+    """:func:`tie_tolerance` of one matrix, as a float: max(m, n) · ε(dtype) · σ_max."""
+    return float(tie_tolerance(torch.tensor(sigma_max, dtype=torch.float64), dtype, m, n))
 
 
 def gauge_tolerance(dtype: torch.dtype) -> float:
@@ -131,7 +131,7 @@ def stabilizer_bias_tolerance(dtype: torch.dtype) -> float:
 # --- thresholds of `svdguard inspect` -------------------------------------------------
 # ε_w below is the ε of the tensor's *working dtype*, ``compute_dtype(storage)``: the
 # dtype its users decompose it in (float32 for bf16/fp16/fp8 storage). ε_p is the ε of
-# the dtype inspect computes the singular values in (``--precision``, float64 default).
+# the dtype inspect computes the singular values in (``precision=``, float64 default).
 
 
 def inspect_tie_tolerance(
@@ -147,8 +147,7 @@ def inspect_tie_tolerance(
     arbitrary. (Not max(m, n)·ε_w·σ_max: that worst-case factor would call the
     ordinary gaps of a random 768×2304 float32 matrix, ~3e-5·σ_max, ties.)
     """
-    computed_rounding = max(m, n, 1) * machine_eps(precision) * sigma_max  # = tie_tolerance
-    return max(computed_rounding, machine_eps(working) * sigma_max)
+    return max(rounding_level(sigma_max, precision, m, n), machine_eps(working) * sigma_max)
 
 
 def inspect_near_degenerate_tolerance(sigma_max: float, working: torch.dtype) -> float:
@@ -170,19 +169,9 @@ def inspect_rank_tolerance(
 
     numpy's ``matrix_rank`` default on the matrix held in its working dtype
     (so ``inspect`` agrees with ``np.linalg.matrix_rank(W)`` for a float32 W),
-    coarsened to ε_p when the computation itself is coarser (``--precision
-    float32`` on float64 data), so that a singular value we cannot resolve is
-    never counted as rank.
+    coarsened to ε_p when the computation itself is coarser (``precision=torch.float32``
+    on float64 data), so that a singular value we cannot resolve is never
+    counted as rank. This is :func:`tie_tolerance` in the coarser of the two dtypes.
     """
-    eps = max(machine_eps(working), machine_eps(precision))
-    return max(m, n, 1) * eps * sigma_max
-
-
-def inspect_max_cond(working: torch.dtype) -> float:
-    """Default ``--max-cond`` of ``inspect``: :func:`default_max_cond` of the working dtype.
-
-    1/√ε_w (2.9e3 for float32 tensors, 6.7e7 for float64): beyond it solving
-    with A, inverting it or dividing by s_min in the SVD backward leaves fewer
-    than half the working digits.
-    """
-    return default_max_cond(working)
+    coarser = working if machine_eps(working) >= machine_eps(precision) else precision
+    return rounding_level(sigma_max, coarser, m, n)

@@ -1,4 +1,9 @@
-"""The ``svdguard`` Typer application; each command lives in its own module."""
+"""The ``svdguard`` Typer application: the root options, and every command registered here.
+
+Command modules import nothing from this one (no cycle); their heavy imports
+(torch, ``svdguard.app``) happen inside the command functions, so that
+``svdguard --help`` and ``--version`` start without torch.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,11 @@ from typing import Annotated
 import typer
 
 from svdguard import __version__
+from svdguard.cli import grad_cmd, inspect_cmd
+from svdguard.cli.error_boundary import CliState
 from svdguard.cli.exit_codes import EPILOG
-from svdguard.cli.guard import STATE
+
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     name="svdguard",
@@ -30,6 +38,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show Python tracebacks on errors.")
     ] = False,
@@ -40,11 +49,11 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    STATE.debug = debug
+    ctx.obj = CliState(debug=debug)
 
 
-# Commands register themselves on ``app`` when their module is imported.
-from svdguard.cli import commands  # noqa: E402,F401
+app.command("inspect", help=inspect_cmd.HELP, epilog=EPILOG)(inspect_cmd.run)
+app.command("grad", epilog=grad_cmd.EPILOG)(grad_cmd.run)
 
 
 def main() -> None:

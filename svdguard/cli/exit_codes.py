@@ -1,5 +1,7 @@
 """Exit codes of every svdguard command (documented in ``--help`` and the README)."""
 
+__all__ = ["EPILOG", "FINDINGS", "INTERNAL", "INTERRUPTED", "OK", "USAGE"]
+
 OK = 0  #: nothing at or above the ``--fail-on`` level
 FINDINGS = 1  #: findings at or above the ``--fail-on`` level
 USAGE = 2  #: bad arguments, or an input file that cannot be used

@@ -1,33 +1,32 @@
-"""``svdguard grad``: the stabilized SVD gradient of a saved matrix, beside torch's own."""
+"""``svdguard grad``: the stabilized SVD gradient of a saved matrix, beside torch's own.
+
+Registered by :mod:`svdguard.cli.app`. torch and the application modules are
+imported when the command runs, not when ``--help`` is printed.
+"""
 
 from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from svdguard.cli import exit_codes
-from svdguard.cli.app import app
-from svdguard.cli.guard import guarded, say
-from svdguard.cli.render_grad import print_table, to_json, verdict_lines
-from svdguard.errors import IllDefinedGradientError, InputError
-from svdguard.gradient_report import GradientReport, check_matrix, compare_gradients, resolve_method
-from svdguard.io import find_record, read_tensors, write_tensor
-from svdguard.linalg.svd import METHODS
-from svdguard.probes import (
-    DEFAULT_LOSS,
-    DEFAULT_SEED,
-    LOSSES,
-    Probe,
-    Upstream,
-    make_probe,
-    upstream_from_tensors,
-)
-from svdguard.tolerances import compute_dtype
+from svdguard.cli.error_boundary import guarded, say
 
-# Choices come from the library's own lists, so the CLI cannot drift from it.
+if TYPE_CHECKING:
+    from svdguard.app.gradient_report import GradientReport
+
+__all__ = ["EPILOG", "METHODS", "LOSSES", "FailOn", "OutputFormat", "failures", "run"]
+
+#: ``svdguard.METHODS`` and ``svdguard.app.probes.LOSSES``, spelt out so that ``--help``
+#: needs no torch; a test keeps them equal to the library's lists.
+METHODS = ("auto", "clamp", "lorentz", "taylor", "trivialize", "native")
+LOSSES = ("polar", "reconstruct", "vectors", "values")
+DEFAULT_LOSS = "polar"
+DEFAULT_SEED = 0
+
 MethodChoice = Enum("MethodChoice", {name: name for name in METHODS}, type=str)  # type: ignore[misc]
 LossChoice = Enum("LossChoice", {name: name for name in LOSSES}, type=str)  # type: ignore[misc]
 
@@ -69,9 +68,9 @@ def failures(report: GradientReport, fail_on: list[FailOn]) -> list[str]:
     return reasons
 
 
-@app.command("grad", epilog=EPILOG)
 @guarded
-def grad(
+def run(
+    ctx: typer.Context,
     path: Annotated[
         Path, typer.Argument(help="Matrix or batch (..., m, n): .npy, .npz, .safetensors.")
     ],
@@ -87,7 +86,7 @@ def grad(
         ),
     ] = None,
     loss: Annotated[
-        LossChoice | None,  # type: ignore[valid-type]
+        LossChoice | None,
         typer.Option(
             "--loss",
             help="Probe loss when there is no --upstream: polar ⟨W, U Vᴴ⟩, reconstruct "
@@ -100,7 +99,7 @@ def grad(
         int, typer.Option("--seed", help="Seed of the probe weights W.")
     ] = DEFAULT_SEED,
     method: Annotated[
-        MethodChoice | None,  # type: ignore[valid-type]
+        MethodChoice | None,
         typer.Option(
             "--method",
             help="Stabilizer of the backward. [default: clamp when --eps is given, else auto]",
@@ -126,7 +125,8 @@ def grad(
             "-o",
             "--output",
             help="Write dL/dA here (.npy, .npz, .safetensors; same shape and dtype as the input; "
-            "written atomically, never over the input).",
+            "written atomically; never over an input, a device or anything but a regular file; "
+            "- for stdout is not supported).",
         ),
     ] = None,
     force: Annotated[
@@ -151,6 +151,14 @@ def grad(
     (the chosen --method); a probe loss or the saved upstream gradients is backpropagated
     through both. Data goes to stdout, explanations to stderr.
     """
+    from svdguard.app.gradient_report import compare_gradients, resolve_method
+    from svdguard.app.probes import Probe, Upstream, make_probe, upstream_from_tensors
+    from svdguard.cli.render_grad import print_table, to_json, verdict_lines
+    from svdguard.errors import IllDefinedGradientError, InputError
+    from svdguard.io import find_record, read_tensors, write_tensor
+    from svdguard.linalg.matrix_input import check_matrix
+    from svdguard.tolerances import compute_dtype
+
     method_name = resolve_method(None if method is None else method.value, eps)
     if upstream is not None and loss is not None:
         raise InputError(
@@ -186,10 +194,10 @@ def grad(
 
     written = None
     if output is not None:
-        protect = [path] if upstream is None else [path, upstream]
+        inputs = [record.path, path] if upstream is None else [record.path, path, upstream]
         # Under the input's own name, so the gradient file mirrors the input file.
         written = write_tensor(
-            output, comparison.gradient, key=record.key or "grad", force=force, protect=protect
+            output, comparison.gradient, key=record.key or "grad", force=force, inputs=inputs
         )
 
     source = f"{path.name}[{record.key}]" if record.key else path.name
@@ -201,7 +209,8 @@ def grad(
                 key=record.key or None,
                 upstream=None if upstream is None else str(upstream),
                 output=None if written is None else str(written),
-            )
+            ),
+            end="",
         )
     else:
         print_table(report, source)

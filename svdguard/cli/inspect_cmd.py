@@ -1,36 +1,34 @@
 """``svdguard inspect``: spectra of matrices and whole checkpoints, ill-posed ones flagged.
 
-The command only parses: ``svdguard.inspection.inspect`` does the work and
+The command only parses: ``svdguard.app.inspection.inspect`` does the work and
 ``render_inspect`` the output. Data goes to stdout (or ``--output``), talk and
-the progress bar to stderr.
+the progress bar to stderr. Registered by :mod:`svdguard.cli.app`; torch and the
+application modules are imported when the command runs, not for ``--help``.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from svdguard.cli import exit_codes
-from svdguard.cli.app import app
-from svdguard.cli.guard import guarded, say
-from svdguard.cli.render_inspect import json_document, print_table, to_csv, to_github, to_json
-from svdguard.inspection import inspect
-from svdguard.io import DEFAULT_MAX_ELEMENTS, atomic_output, expand_inputs
-from svdguard.report import InspectionItem, InspectionSummary, Severity
+from svdguard.cli.console import fits_width, make_console
+from svdguard.cli.error_boundary import guarded, say
 
-#: Console width for plain text (a report file, or stdout piped with COLUMNS unset). The
-#: table itself is then printed at its natural width (CI logs and files do not wrap), so
-#: this only sets where the explanatory lines wrap.
-PIPE_WIDTH = 200
+if TYPE_CHECKING:
+    from svdguard.app.report import InspectionItem, InspectionSummary, Severity
+
+__all__ = ["DEFAULT_MAX_ELEMENTS", "HELP", "Device", "FailOn", "OutputFormat", "Precision", "run"]
+
+#: ``svdguard.io.DEFAULT_MAX_ELEMENTS``, spelt out so that ``--help`` needs neither torch
+#: nor the readers; a test keeps it equal to the library's.
+DEFAULT_MAX_ELEMENTS = 2**31
 
 
 class OutputFormat(str, Enum):
@@ -48,6 +46,8 @@ class FailOn(str, Enum):
 
     @property
     def level(self) -> Severity | None:
+        from svdguard.app.report import Severity
+
         return None if self is FailOn.never else Severity(self.value)
 
 
@@ -88,12 +88,14 @@ def progress_display(enabled: bool) -> Iterator[Callable[[InspectionItem], None]
     if not enabled:
         yield lambda item: None
         return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.completed} tensors"),
         TimeElapsedColumn(),
         TextColumn("{task.description}"),
-        console=Console(stderr=True),
+        console=make_console(stderr=True),
         transient=True,
     )
     with progress:
@@ -101,17 +103,24 @@ def progress_display(enabled: bool) -> Iterator[Callable[[InspectionItem], None]
         yield lambda item: progress.update(task, advance=1, description=item.name)
 
 
-def stdout_console(file: Any = None) -> Console:
-    """A Console for data: Rich's own NO_COLOR/FORCE_COLOR handling; wide and plain when piped.
+def input_files(files: list[Path]) -> list[Path]:
+    """``files`` and the shards their checkpoint indexes name (read from the headers only).
 
-    A report file (``--output``) is always plain: no escape codes, whatever the environment.
+    An index that cannot be read adds nothing here; it becomes a failed row later,
+    and the rows' own paths are checked again before the report is written.
     """
-    if file is not None and file is not sys.stdout:
-        return Console(file=file, highlight=False, force_terminal=False, width=PIPE_WIDTH)
-    console = Console(file=file, highlight=False, soft_wrap=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(file=file, highlight=False, soft_wrap=False, width=PIPE_WIDTH)
-    return console
+    from svdguard.errors import InputError
+    from svdguard.io import iter_records
+    from svdguard.io.sharded import is_index
+
+    found = list(files)
+    for file in files:
+        if is_index(file):
+            try:
+                found.extend(record.path for record in iter_records(file))
+            except InputError:
+                pass
+    return found
 
 
 def exit_code(summary: InspectionSummary, fail_on: FailOn) -> int:
@@ -130,11 +139,14 @@ def render(
     file: Any,
 ) -> None:
     """Write the report in ``output_format`` to ``file`` (a text stream)."""
+    from svdguard.app.formatting import to_json
+    from svdguard.cli.render_inspect import json_document, print_table, to_csv, to_github
+
     footer = f"→ exit {code} (--fail-on {settings['fail_on']})"
     if output_format is OutputFormat.table:
-        console = stdout_console(file)
+        console = make_console(file)
         to_stdout = file is None or file is sys.stdout
-        fit = console.is_terminal or (to_stdout and "COLUMNS" in os.environ)
+        fit = to_stdout and fits_width(console)
         print_table(console, items, summary, footer, settings["paths"], fit_to_console=fit)
     elif output_format is OutputFormat.json:
         file.write(to_json(json_document(items, summary, settings, code)))
@@ -144,9 +156,9 @@ def render(
         file.write(to_github(items, summary, footer))
 
 
-@app.command("inspect", help=HELP, epilog=exit_codes.EPILOG)
 @guarded
-def inspect_command(
+def run(
+    ctx: typer.Context,
     paths: Annotated[
         list[Path],
         typer.Argument(
@@ -214,7 +226,8 @@ def inspect_command(
         typer.Option(
             "--output",
             "-o",
-            help="Write the report here (atomically) instead of stdout; the summary goes to stderr.",
+            help="Write the report here (atomically) instead of stdout (- is stdout); the summary "
+            "goes to stderr. Never over an input, a device or anything but a regular file.",
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --output.")] = False,
@@ -222,7 +235,16 @@ def inspect_command(
         bool, typer.Option("--quiet", "-q", help="No progress bar and no talk on stderr.")
     ] = False,
 ) -> None:
+    from svdguard.app.inspection import inspect
+    from svdguard.app.report import InspectionSummary
+    from svdguard.io import atomic_output, expand_inputs
+    from svdguard.io.writers import check_output
+
     files = expand_inputs(paths)  # a missing path is a usage error before any work
+    if output is not None and str(output) == "-":
+        output = None
+    if output is not None:  # refuse a bad -o before any work
+        check_output(output, force=force, inputs=input_files(files))
     rows = inspect(
         files,
         precision=precision.value,
@@ -245,7 +267,7 @@ def inspect_command(
         "exclude": list(exclude or ()),
     }
     items: list[InspectionItem] = []
-    show_progress = not quiet and Console(stderr=True).is_terminal
+    show_progress = not quiet and make_console(stderr=True).is_terminal
     with progress_display(show_progress) as tick:
         for item in rows:
             items.append(item)
@@ -255,7 +277,9 @@ def inspect_command(
     if output is None:
         render(output_format, items, summary, settings, code, sys.stdout)
     else:
-        with atomic_output(output, force=force, protect=files) as temporary:
+        # Every file read, the shards of an index included (the rows name them).
+        inputs: list[str | Path] = [*files, *(i.path for i in items if i.path is not None)]
+        with atomic_output(output, force=force, inputs=inputs) as temporary:
             with open(temporary, "w", encoding="utf-8", newline="") as stream:
                 render(output_format, items, summary, settings, code, stream)
         if not quiet:

@@ -1,18 +1,18 @@
-"""Rendering of a :class:`~svdguard.gradient_report.GradientReport`: Rich table or JSON, verdict."""
+"""Rendering of a :class:`~svdguard.app.gradient_report.GradientReport`: Rich table or JSON, verdict."""
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import sys
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from svdguard.gradient_report import ElementFacts, GradientReport
+from svdguard.app.formatting import format_number as number
+from svdguard.app.formatting import to_json as encode_json
+from svdguard.app.gradient_report import ElementFacts, GradientReport
+from svdguard.cli.console import make_console
+
+__all__ = ["LEGEND", "build_table", "print_table", "to_json", "verdict_lines"]
 
 LEGEND = (
     "κ₂ = σ_max/σ_min · min gap = min_i gap_i / σ_max (xDISNA) · guarded = pairs i<j whose "
@@ -21,19 +21,6 @@ LEGEND = (
     "‖g − g_torch‖_F / ‖g_torch‖_F · gauge = does the loss depend on the basis chosen inside "
     "tied singular values s_i..s_j?"
 )
-#: Width of the table when stdout is not a terminal (a file or a pipe) and COLUMNS is unset.
-PIPE_WIDTH = 100
-
-
-def number(value: float | None) -> str:
-    """3 significant digits; NaN, inf, and ``—`` for a missing value."""
-    if value is None:
-        return "—"
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.3g}"
 
 
 def _gradient_cell(finite: bool, norm: float | None, error: str | None = None) -> Text:
@@ -41,7 +28,7 @@ def _gradient_cell(finite: bool, norm: float | None, error: str | None = None) -
         return Text("✗ raised" if error else "—", style="red")
     if finite:
         return Text(f"✓ {number(norm)}", style="green")
-    return Text(f"✗ {'NaN' if math.isnan(norm) else number(norm)}", style="bold red")
+    return Text(f"✗ {number(norm)}", style="bold red")
 
 
 def _gauge_cell(element: ElementFacts) -> Text:
@@ -114,28 +101,16 @@ def build_table(report: GradientReport) -> Table:
 
 
 def print_table(report: GradientReport, source: str) -> None:
-    """The table on stdout; Rich honours NO_COLOR and writes plain text when not on a terminal."""
-    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
-    console = Console(file=sys.stdout, highlight=False, width=PIPE_WIDTH if piped else None)
+    """The table on stdout (:func:`svdguard.cli.console.make_console`'s width and colour policy)."""
+    console = make_console()
     console.print(Text(_title(report, source), style="bold"))
     console.print(build_table(report))
     console.print(Text(LEGEND.format(method=report.method), style="dim"))
 
 
-def _jsonable(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as the strings "NaN", "inf", "-inf"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return number(value)
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
-
-
 def to_json(report: GradientReport, **context: Any) -> str:
     """The report as JSON (``context``, e.g. input and output paths, first)."""
-    return json.dumps(_jsonable({**context, **report.to_dict()}), indent=2, ensure_ascii=False)
+    return encode_json({**context, **report.to_dict()})
 
 
 def _of(part: int, count: int) -> str:

@@ -2,14 +2,15 @@
 
 Every format carries the same rows, worst first (severity, then κ₂): the table
 shows the main numbers and lists each finding under it; JSON and CSV carry
-every field of :mod:`svdguard.report`.
+every field of :mod:`svdguard.app.report`. Findings are shown with the
+command-line hints of :mod:`svdguard.cli.hints`; JSON and CSV keep the
+library's own sentences.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,7 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from svdguard import __version__
-from svdguard.report import (
+from svdguard.app.formatting import format_number as fmt
+from svdguard.app.report import (
     SCHEMA_VERSION,
     FailedReport,
     InspectionItem,
@@ -32,6 +34,21 @@ from svdguard.report import (
     SkippedTensor,
     item_severity,
 )
+from svdguard.cli.console import UNBOUNDED_WIDTH
+from svdguard.cli.hints import finding_text, parameter_flag
+
+__all__ = [
+    "CSV_COLUMNS",
+    "FORMATS",
+    "LEGEND",
+    "fitted_table",
+    "json_document",
+    "print_table",
+    "skipped_text",
+    "to_csv",
+    "to_github",
+    "worst_first",
+]
 
 #: Formats ``--format`` accepts.
 FORMATS = ("table", "json", "csv", "github")
@@ -58,22 +75,6 @@ def worst_first(items: Iterable[InspectionItem]) -> tuple[list[Row], list[Skippe
         return (-(severity.rank if severity else 0), -cond, row.name)
 
     return sorted(rows, key=key), skipped
-
-
-def fmt(value: float | None) -> str:
-    """A number in at most 7 characters: ``0.0163``, ``2.00``, ``1.1e8``, ``9.5e-6``, ``∞``, ``—``."""
-    if value is None or math.isnan(value):
-        return "—"
-    if math.isinf(value):
-        return "∞" if value > 0 else "-∞"
-    if value == 0:
-        return "0"
-    if 1e-3 <= abs(value) < 1e4:
-        text = f"{value:.3g}"
-        if "e" not in text:  # 9999.9 rounds to "1e+04": fall through to the exponent form
-            return text
-    mantissa, exponent = f"{value:.1e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
 
 
 def shape_text(row: Row) -> str:
@@ -127,9 +128,6 @@ _COLUMNS = (
 #: JSON/CSV formats always carry everything.
 _DROP_ORDER = ("rank tol", "noise", "vec err", "σ_max", "σ_min", "dtype", "pairs")
 
-#: A width no table reaches: measuring with it gives the table's natural (unwrapped) width.
-_UNBOUNDED_WIDTH = 100_000
-
 
 def _cells(row: Row, single_file: bool) -> list[Text | str]:
     label = Text(_label(row, single_file))
@@ -174,7 +172,7 @@ def _table(
 
 def natural_width(console: Console, table: Table) -> int:
     """The width the table takes when nothing limits it."""
-    unbounded = console.options.update(max_width=_UNBOUNDED_WIDTH)
+    unbounded = console.options.update(max_width=UNBOUNDED_WIDTH)
     return Measurement.get(console, unbounded, table).maximum
 
 
@@ -207,7 +205,7 @@ def _findings_lines(rows: Sequence[Row], single_file: bool) -> list[Text]:
             continue
         for finding in row.findings:
             line = Text(f"{finding.severity.value.upper():<7} ", style=_STYLES[finding.severity])
-            line.append(f"{label}: {finding.flag.value}: {finding.message}")
+            line.append(f"{label}: {finding.flag.value}: {finding_text(finding)}")
             lines.append(line)
     return lines
 
@@ -220,12 +218,16 @@ def skipped_text(skipped: Sequence[SkippedTensor], single_file: bool) -> list[st
     lines = []
     for reason, items in by_reason.items():
         if reason == "excluded":  # the user asked for it: a count is enough
-            lines.append(f"skipped {reason}: {len(items)} (by --include/--exclude)")
+            lines.append(
+                f"skipped {reason}: {len(items)} (by {parameter_flag('include')}/"
+                f"{parameter_flag('exclude')})"
+            )
             continue
         names = [_label(i, single_file) for i in items[:_SKIPPED_LISTED]]
         more = f", and {len(items) - _SKIPPED_LISTED} more" if len(items) > _SKIPPED_LISTED else ""
         lines.append(f"skipped {reason}: {len(items)} ({', '.join(names)}{more})")
-        lines.extend(f"  {_label(i, single_file)}: {i.detail}" for i in items if i.detail)
+        limit = f" ({parameter_flag('max_elements')})" if reason == "too-large" else ""
+        lines.extend(f"  {_label(i, single_file)}: {i.detail}{limit}" for i in items if i.detail)
     return lines
 
 
@@ -308,11 +310,6 @@ def json_document(
     }
 
 
-def to_json(document: dict[str, Any]) -> str:
-    """Strict JSON (no NaN/Infinity tokens: :func:`svdguard.report.json_number` encoded them)."""
-    return json.dumps(document, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-
-
 CSV_COLUMNS = (
     "kind", "severity", "flags", "name", "path", "key", "shape", "matrix_shape", "dtype",
     "compute_dtype", "device", "sigma_max", "sigma_min", "cond", "cond_resolved",
@@ -375,7 +372,7 @@ def to_github(items: Sequence[InspectionItem], summary: InspectionSummary, foote
         for finding in row.findings:
             level = _GITHUB_LEVELS[finding.severity]
             title = _escape_property(f"svdguard {finding.flag.value}")
-            message = _escape_data(f"{row.name}: {finding.message}")
+            message = _escape_data(f"{row.name}: {finding_text(finding)}")
             lines.append(f"::{level} {where}title={title}::{message}")
     lines.append(f"{summary.line()} {footer}".rstrip())
     return "\n".join(lines) + "\n"

@@ -98,7 +98,7 @@ def check_tensor_size(
     if numel > max_elements:
         raise ResourceLimitError(
             f"{described} exceeds the limit of {max_elements:,} elements per tensor; "
-            "raise max_elements (--max-elements) if the tensor is expected",
+            "raise max_elements if the tensor is expected",
             path=path,
             key=key,
         )

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,36 +20,76 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from svdguard.errors import InputError
+from svdguard.errors import InputError, OutputExistsError
+
+__all__ = ["WRITABLE_SUFFIXES", "atomic_output", "check_output", "write_tensor"]
 
 WRITABLE_SUFFIXES = (".npy", ".npz", ".safetensors")
 
 
-def _same_file(target: Path, other: Path) -> bool:
+def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
+    """The resolved path and, when it exists, (device, inode): equal for the same file."""
+    resolved = os.path.realpath(path)
     try:
-        if target.resolve() == other.resolve():
-            return True
-        return target.exists() and other.exists() and os.path.samefile(target, other)
+        stat = os.stat(resolved)
     except (OSError, ValueError):
-        return False
+        return resolved, None
+    return resolved, (stat.st_dev, stat.st_ino)
 
 
-def _check_target(target: Path, *, force: bool, protect: Sequence[str | os.PathLike[str]]) -> None:
-    for protected in protect:
-        if _same_file(target, Path(protected)):
+def _is_input(target: Path, inputs: Iterable[str | os.PathLike[str]]) -> str | None:
+    """The input ``target`` names (through a link, a relative path, a hard link), or None."""
+    target_path, target_inode = _identity(target)
+    for raw in inputs:
+        input_path, input_inode = _identity(Path(raw))
+        if target_path == input_path or (target_inode is not None and target_inode == input_inode):
+            return os.fspath(raw)
+    return None
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> Path:
+    """Refuse an output path that is not safe to write; return it as a Path.
+
+    Refused whatever ``force`` says (InputError): a path that is one of
+    ``inputs`` (compared after resolving links; hard links too), an existing
+    path that is not a regular file (a device such as ``/dev/null``, a FIFO, a
+    socket, a directory, or a link to one), a name with a NUL byte, a missing
+    directory. Refused unless ``force`` (:class:`~svdguard.errors.OutputExistsError`):
+    an existing regular file.
+    """
+    target = Path(path)
+    if "\0" in os.fspath(path):
+        raise InputError("cannot write here: the name holds a NUL byte", path=repr(os.fspath(path)))
+    try:
+        same = _is_input(target, inputs)
+        if same is not None:
             raise InputError(
-                f"refusing to overwrite the input file {os.fspath(protected)}; choose another "
-                "output path (--force does not apply to inputs)",
+                f"refusing to overwrite the input file {same}; choose another output path",
                 path=target,
             )
-    if target.is_dir():
-        raise InputError("is a directory; give a file name for the output", path=target)
-    if not target.parent.is_dir():
-        raise InputError(
-            f"the directory {target.parent} does not exist; create it first", path=target
-        )
-    if (target.exists() or target.is_symlink()) and not force:
-        raise InputError("the file exists; pass --force to overwrite", path=target)
+        if target.is_dir():
+            raise InputError("is a directory; give a file name for the output", path=target)
+        if target.exists() and not stat.S_ISREG(target.stat().st_mode):
+            raise InputError(
+                "is not a regular file (a device, a FIFO or a socket); refusing to write to it",
+                path=target,
+            )
+        if not target.parent.is_dir():
+            raise InputError(
+                f"the directory {target.parent} does not exist; create it first", path=target
+            )
+        if (target.exists() or target.is_symlink()) and not force:
+            raise OutputExistsError("the file exists", path=target)
+    except InputError:
+        raise
+    except (OSError, ValueError) as err:  # e.g. permission denied, "embedded null byte"
+        raise InputError(f"cannot write here: {err}", path=repr(os.fspath(path))) from None
+    return target
 
 
 def _default_mode() -> int:
@@ -68,13 +109,15 @@ def atomic_output(
     path: str | os.PathLike[str],
     *,
     force: bool = False,
-    protect: Sequence[str | os.PathLike[str]] = (),
+    inputs: Iterable[str | os.PathLike[str]] = (),
 ) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds.
 
-    Refuses (InputError) a ``path`` that is one of ``protect`` (the inputs) even
-    with ``force``, and an existing ``path`` without ``force``. On any
-    exception or KeyboardInterrupt the temporary file is removed.
+    ``path`` is checked by :func:`check_output` first (never an input, never
+    anything but a regular file or a new name; an existing file only with
+    ``force``). On any exception or KeyboardInterrupt the temporary file is
+    removed; an OSError while writing (disk full, quota) becomes an InputError
+    naming ``path``.
 
     >>> import tempfile, pathlib
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "report.json"
@@ -83,15 +126,8 @@ def atomic_output(
     >>> out.read_text()
     '{}'
     """
-    target = Path(path)
-    if "\0" in os.fspath(path):
-        raise InputError("cannot write here: the name holds a NUL byte", path=repr(os.fspath(path)))
-    try:
-        _check_target(target, force=force, protect=protect)
-    except InputError:
-        raise
-    except (OSError, ValueError) as err:  # e.g. permission denied, "embedded null byte"
-        raise InputError(f"cannot write here: {err}", path=repr(os.fspath(path))) from None
+    inputs = list(inputs)
+    target = check_output(path, force=force, inputs=inputs)
     try:
         handle, name = tempfile.mkstemp(
             dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}"
@@ -104,10 +140,14 @@ def atomic_output(
     try:
         os.close(handle)
         yield temporary
+    except OSError as err:  # disk full, quota exceeded, I/O error while writing
+        _remove(temporary)
+        raise InputError(f"cannot write: {err.strerror or err}", path=target) from None
     except BaseException:
         _remove(temporary)
         raise
     try:
+        check_output(target, force=force, inputs=inputs)  # nothing changed while writing
         _publish(temporary, target, force=force)
     except BaseException as err:
         _remove(temporary)
@@ -133,11 +173,11 @@ def _publish_exclusive(temporary: Path, target: Path) -> None:
     try:
         os.link(temporary, target)
     except FileExistsError:
-        raise InputError("the file exists; pass --force to overwrite", path=target) from None
+        raise OutputExistsError("the file exists", path=target) from None
     except OSError:
         # A file system without hard links: fall back to a plain rename after a last check.
         if target.exists():
-            raise InputError("the file exists; pass --force to overwrite", path=target) from None
+            raise OutputExistsError("the file exists", path=target) from None
         os.replace(temporary, target)
         return
     _remove(temporary)
@@ -179,15 +219,17 @@ def write_tensor(
     *,
     key: str = "grad",
     force: bool = False,
-    protect: Sequence[str | os.PathLike[str]] = (),
+    inputs: Iterable[str | os.PathLike[str]] = (),
 ) -> Path:
     """Write one tensor atomically; the format follows the suffix. Returns the path written.
 
     ``.npy`` (the bare array), ``.npz`` (member ``key``), ``.safetensors``
     (tensor ``key``); any other suffix raises InputError. numpy has no
-    bfloat16 (nor 8-bit floats), so those need ``.safetensors``.
+    bfloat16 (nor 8-bit floats), so those need ``.safetensors``. ``path`` is
+    refused as :func:`atomic_output` refuses it (``inputs``, ``force``).
     """
-    target = Path(path)
+    inputs = list(inputs)
+    target = check_output(path, force=force, inputs=inputs)  # what is refused, first
     suffix = target.suffix.lower()
     if suffix not in WRITABLE_SUFFIXES:
         raise InputError(
@@ -200,7 +242,7 @@ def write_tensor(
     data = tensor.detach().to("cpu").resolve_conj().resolve_neg().contiguous()
     array = None if suffix == ".safetensors" else _as_numpy(data, target)
     try:
-        with atomic_output(target, force=force, protect=protect) as temporary:
+        with atomic_output(target, force=force, inputs=inputs) as temporary:
             if array is None:
                 save_file({key: data}, os.fspath(temporary))
             else:

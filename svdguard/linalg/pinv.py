@@ -30,12 +30,12 @@ from svdguard.linalg.divided_differences import (
 )
 from svdguard.linalg.matrix_input import matrix_batch
 from svdguard.linalg.spectral_svd import svd_spectral
-from svdguard.tolerances import rank_tolerance
+from svdguard.tolerances import tie_tolerance
 
 
 @dataclass(frozen=True)
 class PinvKernel:
-    """h(s) = 1/s above the cut max(atol, rtol·s_max) (or ``rank_tolerance`` when rtol is None)."""
+    """h(s) = 1/s above the cut max(atol, rtol·s_max) (or ``tie_tolerance`` when rtol is None)."""
 
     rtol: float | None
     atol: float
@@ -45,7 +45,7 @@ class PinvKernel:
     def kept(self, s: torch.Tensor) -> torch.Tensor:
         sigma_max = s.amax(dim=-1, keepdim=True)
         if self.rtol is None:
-            cut = rank_tolerance(sigma_max, s.dtype, self.m, self.n)
+            cut = tie_tolerance(sigma_max, s.dtype, self.m, self.n)
         else:
             cut = torch.clamp(sigma_max * self.rtol, min=self.atol)
         return s > cut
@@ -76,7 +76,7 @@ def pinv(a: torch.Tensor, *, rtol: float | None = None, atol: float | None = Non
 
     Singular values s ≤ cut are treated as zero, cut = max(atol, rtol·s_max).
     Defaults as torch.linalg.pinv: rtol = max(m, n)·ε when atol is unset or 0
-    (``svdguard.tolerances.rank_tolerance``, numpy's ``matrix_rank`` default),
+    (``svdguard.tolerances.tie_tolerance``, numpy's ``matrix_rank`` default),
     else rtol = 0; atol = 0.
 
     Domain of the gradient: no singular value at the cut (the rank must be

@@ -30,6 +30,19 @@ import torch
 
 from svdguard.errors import InputError
 
+__all__ = [
+    "DEFAULT_LOSS",
+    "DEFAULT_SEED",
+    "LOSSES",
+    "UPSTREAM_KEYS",
+    "Probe",
+    "Upstream",
+    "factor_shapes",
+    "inner",
+    "make_probe",
+    "upstream_from_tensors",
+]
+
 #: Probe loss names, the default first.
 LOSSES = ("polar", "reconstruct", "vectors", "values")
 DEFAULT_LOSS = "polar"

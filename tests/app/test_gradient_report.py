@@ -16,9 +16,9 @@ from helpers import (
 )
 
 import svdguard
+from svdguard.app.gradient_report import compare_gradients, resolve_method
+from svdguard.app.probes import factor_shapes, make_probe, upstream_from_tensors
 from svdguard.errors import InputError
-from svdguard.gradient_report import check_matrix, compare_gradients, resolve_method
-from svdguard.probes import factor_shapes, make_probe, upstream_from_tensors
 from svdguard.tolerances import machine_eps
 
 DTYPES = (torch.float32, torch.float64)
@@ -216,20 +216,21 @@ def test_bfloat16_input_keeps_its_dtype_and_is_computed_in_float32():
     )
 
 
-def test_check_matrix_rejects_what_has_no_svd_gradient():
-    with pytest.raises(InputError, match=r"m.npy\[w\]: shape \(3,\) is not a matrix"):
-        check_matrix(torch.zeros(3), path="m.npy", key="w")
+def test_compare_gradients_rejects_what_has_no_svd_gradient():
+    probe = make_probe("values", (3, 3))
+    with pytest.raises(InputError, match=r"compare_gradients: shape \(3,\) is not a matrix"):
+        compare_gradients(torch.zeros(3), probe)
     with pytest.raises(InputError, match="dtype torch.int64 is not a floating dtype"):
-        check_matrix(torch.zeros(3, 3, dtype=torch.int64))
+        compare_gradients(torch.zeros(3, 3, dtype=torch.int64), probe)
     with pytest.raises(InputError, match=r"shape \(0, 3\) has no entries"):
-        check_matrix(torch.zeros(0, 3))
+        compare_gradients(torch.zeros(0, 3), probe)
 
 
 def test_report_to_dict_round_trips_the_facts():
     a = torch.eye(3, dtype=torch.float64)
     report = compare_gradients(a, make_probe("vectors", a.shape)).report
     data = report.to_dict()
-    assert data["schema_version"] == 1 and data["shape"] == [3, 3] and data["method"] == "auto"
+    assert data["schema_version"] == 2 and data["shape"] == [3, 3] and data["method"] == "auto"
     (element,) = data["elements"]
     assert element["native"]["finite"] is False and element["stabilized"]["finite"] is True
     assert element["gauge_invariant"] is False

@@ -3,11 +3,11 @@
 One tensor is in memory at a time (on CUDA: one batch of same-shape matrices,
 bounded by :data:`CUDA_BATCH_BYTES`). Every tensor gives exactly one row:
 
-* :class:`~svdguard.report.MatrixReport` for a floating 2-D tensor, or a ≥3-D
+* :class:`~svdguard.app.report.MatrixReport` for a floating 2-D tensor, or a ≥3-D
   one analysed as ``shape[0] × ∏ shape[1:]``;
-* :class:`~svdguard.report.SkippedTensor` for what is not a matrix (scalars,
+* :class:`~svdguard.app.report.SkippedTensor` for what is not a matrix (scalars,
   1-D, integer, bool, empty, excluded by name, above ``max_elements``);
-* :class:`~svdguard.report.FailedReport` when a payload cannot be read or the
+* :class:`~svdguard.app.report.FailedReport` when a payload cannot be read or the
   SVD fails after its retry; a file whose header cannot be read gives one
   file-level failed row. Neither stops the run.
 
@@ -26,24 +26,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from svdguard.app.diagnose import Subject, nonfinite_report, report_from_spectrum
+from svdguard.app.report import FailedReport, InspectionItem, SkippedTensor, SkipReason
 from svdguard.errors import InputError, NumericalError, ResourceLimitError
 from svdguard.io import DEFAULT_MAX_ELEMENTS, TensorRecord, expand_inputs, iter_records
 from svdguard.io.dtypes import torch_dtype
-from svdguard.linalg.diagnostics import (
+from svdguard.linalg.spectrum_analysis import (
     CUDA_DRIVERS,
     PRECISIONS,
-    Subject,
     all_finite,
     analysis_dtype,
     as_matrix,
     batched_singular_values,
     count_nonfinite,
     narrows,
-    nonfinite_report,
-    report_from_spectrum,
     singular_values,
 )
-from svdguard.report import FailedReport, InspectionItem, SkippedTensor, SkipReason
+
+__all__ = [
+    "CUDA_BATCH_BYTES",
+    "DEVICES",
+    "Selection",
+    "inspect",
+    "resolve_device",
+    "resolve_precision",
+    "skip_reason",
+]
 
 #: GPU memory one batch of same-shape matrices may take (in the compute dtype). Large enough
 #: that the 48 attention matrices of a BERT-base encoder (768×768, float64: 226 MiB) go
@@ -64,7 +72,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InputError(
             f"device {device!r} requested but CUDA is not available (torch {torch.__version__}); "
-            "use --device cpu or auto"
+            "use device='cpu' or 'auto'"
         )
     if resolved.type not in ("cpu", "cuda"):
         raise InputError(f"unsupported device {device!r}; use auto, cpu or cuda")
@@ -146,7 +154,7 @@ def skip_reason(record: TensorRecord, selection: Selection) -> SkippedTensor | N
         return _skipped(
             record,
             SkipReason.TOO_LARGE,
-            f"{numel:,} elements exceed --max-elements {selection.max_elements:,}",
+            f"{numel:,} elements exceed max_elements = {selection.max_elements:,}",
         )
     return None
 
@@ -208,11 +216,12 @@ class _BatchQueue:
         self.groups: dict[tuple[int, int, torch.dtype], list[_Pending]] = {}
 
     def add(self, pending: _Pending) -> Iterator[InspectionItem]:
-        key = (*pending.matrix.shape, pending.matrix.dtype)
-        group = self.groups.setdefault(key, [])  # type: ignore[arg-type]
+        rows, columns = pending.matrix.shape
+        key = (rows, columns, pending.matrix.dtype)
+        group = self.groups.setdefault(key, [])
         group.append(pending)
         if sum(p.matrix.numel() * p.matrix.element_size() for p in group) >= self.budget_bytes:
-            yield from self._run(self.groups.pop(key))  # type: ignore[arg-type]
+            yield from self._run(self.groups.pop(key))
 
     def flush(self) -> Iterator[InspectionItem]:
         groups, self.groups = self.groups, {}

@@ -1,4 +1,4 @@
-"""svdguard.linalg.diagnostics against numpy float64 references and closed forms."""
+"""svdguard.diagnose and svdguard.linalg.spectrum_analysis against numpy float64 references and closed forms."""
 
 from __future__ import annotations
 
@@ -9,16 +9,17 @@ import pytest
 import torch
 from helpers import haar_unitary, random_matrix, with_singular_values
 
+from svdguard.app.diagnose import diagnose
+from svdguard.app.report import Flag, Severity
+from svdguard.cli.hints import finding_text
 from svdguard.errors import InputError, NumericalError
-from svdguard.linalg import diagnostics
-from svdguard.linalg.diagnostics import (
+from svdguard.linalg import spectrum_analysis as diagnostics
+from svdguard.linalg.spectrum import singular_gaps
+from svdguard.linalg.spectrum_analysis import (
     as_matrix,
     count_close_pairs,
-    diagnose,
     singular_values,
 )
-from svdguard.linalg.spectrum import singular_gaps
-from svdguard.report import Flag, Severity
 from svdguard.tolerances import machine_eps
 
 EPS64 = machine_eps(torch.float64)
@@ -136,7 +137,10 @@ def test_tied_singular_values_are_an_error() -> None:
     report = diagnose(a)
     assert report.tied_pairs == 1 and report.near_degenerate_pairs == 1
     assert report.flags == ("degenerate",) and report.severity is Severity.ERROR
-    assert "svdguard grad" in report.findings[0].message
+    # The library speaks of numbers and consequences; the CLI adds where to go next.
+    message = report.findings[0].message
+    assert "svdguard grad" not in message and "--" not in message
+    assert "svdguard grad" in finding_text(report.findings[0])
     # The tie tolerance is max(max(m, n)·ε_p·σ_max, ε_w·σ_max) = 4·ε·3 for float64 data.
     assert report.tie_tol == pytest.approx(4 * EPS64 * 3.0, rel=1e-12)
 
@@ -182,6 +186,12 @@ def test_rank_deficient_and_ill_conditioned() -> None:
     assert report.rank == 3 and report.flags == ("ill-conditioned",)
     assert report.cond == pytest.approx(1e9, rel=1e-5)
     assert diagnose(ill, max_cond=1e10).findings == ()
+    # The finding names the library parameter behind its threshold, never a flag;
+    # the CLI's rendering adds the flag.
+    (finding,) = report.findings
+    assert finding.parameter == "max_cond" and "--" not in finding.message
+    assert finding.to_dict()["parameter"] == "max_cond"
+    assert finding_text(finding).endswith("(threshold: --max-cond)")
 
 
 def test_zero_matrix_is_one_warning() -> None:

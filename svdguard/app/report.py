@@ -1,28 +1,45 @@
 """What ``inspect`` hands on: frozen dataclasses of plain numbers and strings.
 
-This module is a leaf (standard library only), so every layer may import it:
-``svdguard.linalg.diagnostics`` fills a :class:`MatrixReport`,
-``svdguard.inspection`` adds :class:`FailedReport` and :class:`SkippedTensor`
-rows, and the CLI renders all three through ``to_dict()``.
+This module is a leaf (standard library only): ``svdguard.app.diagnose``
+fills a :class:`MatrixReport`, ``svdguard.app.inspection`` adds
+:class:`FailedReport` and :class:`SkippedTensor` rows, and the CLI renders all
+three through ``to_dict()``.
 
 Units: every singular value, gap and tolerance is absolute (the units of the
 matrix entries) unless its name starts with ``rel_`` or says ``relative``.
 Floats may be ``inf`` (κ of a singular matrix) and ``None`` means "not
-defined" (e.g. every number of a matrix holding NaN).
+computed" (e.g. every number of a matrix holding NaN). ``to_dict()`` keeps the
+floats as they are; :func:`svdguard.app.formatting.to_json` encodes them.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-#: Version of the JSON document ``svdguard inspect --format json`` writes
-#: (``svdguard/cli/inspect_schema.json``); bumped when a field changes meaning or goes away.
-SCHEMA_VERSION = 1
+__all__ = [
+    "SCHEMA_VERSION",
+    "FailedReport",
+    "Finding",
+    "Flag",
+    "InspectionItem",
+    "InspectionSummary",
+    "MatrixReport",
+    "Severity",
+    "SkipReason",
+    "SkippedTensor",
+    "item_severity",
+    "worst_severity",
+]
+
+#: Version of every JSON document svdguard writes (the inspect report,
+#: ``svdguard/cli/inspect_schema.json``, and the grad report); bumped when a field
+#: changes meaning or goes away. 2: one encoding of NaN/±∞ ("NaN", "Infinity",
+#: "-Infinity") in every document, and findings name their threshold's parameter.
+SCHEMA_VERSION = 2
 
 
 class Severity(str, Enum):
@@ -62,35 +79,38 @@ class Flag(str, Enum):
 class SkipReason(str, Enum):
     """Why a tensor was not analysed (each is counted in the summary)."""
 
-    EXCLUDED = "excluded"  #: its name did not pass --include / --exclude
+    EXCLUDED = "excluded"  #: its name did not pass the ``include`` / ``exclude`` globs
     SCALAR = "scalar"  #: 0-D
     VECTOR = "1-d"  #: a vector (biases, norms)
     EMPTY = "empty"  #: a dimension of size 0
     INTEGER = "integer"  #: integer dtype (ids, counters, quantised payloads)
     BOOL = "bool"  #: masks
     UNSUPPORTED_DTYPE = "unsupported-dtype"  #: a dtype torch lacks (strings, float128, ...)
-    TOO_LARGE = "too-large"  #: above --max-elements or the memory available
+    TOO_LARGE = "too-large"  #: above ``max_elements`` or the memory available
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One flag raised on one matrix, with a sentence that states the numbers and the fix."""
+    """One flag raised on one matrix: its stable code, a sentence with the numbers and the consequence.
+
+    ``flag`` is the code (stable across versions); ``parameter`` names the
+    argument of :func:`svdguard.diagnose` / :func:`svdguard.inspect` whose
+    threshold raised the finding (``"max_cond"``, ``"gap_rtol"``,
+    ``"precision"``), None when no setting moves it.
+    """
 
     flag: Flag
     severity: Severity
     message: str
+    parameter: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"flag": self.flag.value, "severity": self.severity.value, "message": self.message}
-
-
-def json_number(value: float | None) -> float | str | None:
-    """A float for JSON: finite as a number, ±∞ as ``"inf"``/``"-inf"``, NaN/None as null."""
-    if value is None or math.isnan(value):
-        return None
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value
+        return {
+            "flag": self.flag.value,
+            "severity": self.severity.value,
+            "message": self.message,
+            "parameter": self.parameter,
+        }
 
 
 @dataclass(frozen=True)
@@ -119,7 +139,9 @@ class MatrixReport:
     cond_lower_bound: float | None = None  #: σ_max/(σ_min + τ_compute): κ₂ is at least this
     rank: int | None = None  #: numerical rank: #{s_i > rank_tol}
     rank_tol: float | None = None
-    rel_min_gap: float | None = None  #: min_i gap_i/σ_max, gap_i as LAPACK xDISNA (see diagnostics)
+    rel_min_gap: float | None = (
+        None  #: min_i gap_i/σ_max, gap_i as LAPACK xDISNA (docs/diagnostics.md)
+    )
     tie_tol: float | None = None  #: pairs with |s_i − s_j| ≤ this are tied (rounding level)
     near_degenerate_tol: float | None = None  #: pairs with |s_i − s_j| ≤ this are near-degenerate
     tied_pairs: int | None = None
@@ -156,20 +178,20 @@ class MatrixReport:
             "compute_dtype": self.compute_dtype,
             "device": self.device,
             "nonfinite": self.nonfinite,
-            "sigma_max": json_number(self.sigma_max),
-            "sigma_min": json_number(self.sigma_min),
-            "cond": json_number(self.cond),
+            "sigma_max": self.sigma_max,
+            "sigma_min": self.sigma_min,
+            "cond": self.cond,
             "cond_resolved": self.cond_resolved,
-            "cond_lower_bound": json_number(self.cond_lower_bound),
+            "cond_lower_bound": self.cond_lower_bound,
             "rank": self.rank,
-            "rank_tol": json_number(self.rank_tol),
-            "rel_min_gap": json_number(self.rel_min_gap),
-            "tie_tol": json_number(self.tie_tol),
-            "near_degenerate_tol": json_number(self.near_degenerate_tol),
+            "rank_tol": self.rank_tol,
+            "rel_min_gap": self.rel_min_gap,
+            "tie_tol": self.tie_tol,
+            "near_degenerate_tol": self.near_degenerate_tol,
             "tied_pairs": self.tied_pairs,
             "near_degenerate_pairs": self.near_degenerate_pairs,
-            "vector_error_bound": json_number(self.vector_error_bound),
-            "noise_floor": json_number(self.noise_floor),
+            "vector_error_bound": self.vector_error_bound,
+            "noise_floor": self.noise_floor,
             "below_noise_floor": self.below_noise_floor,
             "severity": None if self.severity is None else self.severity.value,
             "flags": list(self.flags),

@@ -1,24 +1,25 @@
-"""Diagnose one matrix: its singular values → condition number, rank, gaps and flags.
+"""Diagnose one matrix: its singular values → condition number, rank, gaps, and findings.
 
-Notation (MATH.md §5): A is m×n, k = min(m, n), s_1 ≥ … ≥ s_k ≥ 0 its singular
-values, σ_max = s_1, σ_min = s_k. ε_w is the ε of the tensor's *working dtype*
-(``tolerances.compute_dtype`` of its storage dtype: float32 for bf16/fp16/fp8),
-ε_p the ε of the dtype the singular values are computed in (``precision``).
+Notation (``docs/diagnostics.md``): A is m×n, k = min(m, n), s_1 ≥ … ≥ s_k ≥ 0
+its singular values, σ_max = s_1, σ_min = s_k. ε_w is the ε of the tensor's
+*working dtype* (``tolerances.compute_dtype`` of its storage dtype: float32 for
+bf16/fp16/fp8), ε_p the ε of the dtype the singular values are computed in
+(``precision``).
 
 * κ₂ = σ_max/σ_min (∞ when σ_min = 0).
 * numerical rank = #{s_i > τ_rank}, τ_rank = max(m, n)·max(ε_w, ε_p)·σ_max
   (numpy's ``matrix_rank`` default; ``tolerances.inspect_rank_tolerance``).
-* gap_i as LAPACK's xDISNA defines it for singular vectors:
-  gap_i = min_{j≠i} |s_i − s_j|, and for a non-square matrix also s_i itself
-  (the longer side's factor has a null space at singular value 0):
-  gap_i = min(min_{j≠i} |s_i − s_j|, s_i). LAPACK bounds the angle error of
-  computed singular vector i by ε·σ_max/gap_i; ``vector_error_bound`` is
-  ε_w·σ_max/min_i gap_i.
+* gap_i as LAPACK's xDISNA defines it for singular vectors
+  (``svdguard.linalg.spectrum.singular_gaps``); ``vector_error_bound`` is
+  ε_w·σ_max/min_i gap_i, LAPACK's bound on the angle error of a computed
+  singular vector.
 * tied pairs: i < j with |s_i − s_j| ≤ τ_tie, near-degenerate pairs:
   |s_i − s_j| ≤ τ_near (tolerances.inspect_tie_tolerance / _near_degenerate_).
 
-This module is the math of ``svdguard inspect`` and of ``svdguard.diagnose``;
-it reads no files and imports neither rich nor typer.
+The spectrum itself comes from :mod:`svdguard.linalg.spectrum_analysis`; this
+module judges it. Each :class:`~svdguard.app.report.Finding` carries a stable
+code (its flag), the numbers, the consequence, and the library parameter whose
+threshold raised it; remedies that name command-line flags are the CLI's.
 """
 
 from __future__ import annotations
@@ -29,166 +30,20 @@ from dataclasses import dataclass
 import torch
 
 from svdguard import tolerances
-from svdguard.errors import InputError, NumericalError
+from svdguard.app.report import Finding, Flag, MatrixReport, Severity
+from svdguard.errors import InputError
+from svdguard.linalg.matrix_input import check_matrix
 from svdguard.linalg.spectrum import singular_gaps
-from svdguard.report import Finding, Flag, MatrixReport, Severity
+from svdguard.linalg.spectrum_analysis import (
+    PRECISIONS,
+    as_matrix,
+    count_close_pairs,
+    count_nonfinite,
+    dtype_name,
+    singular_values,
+)
 
-#: cuSOLVER drivers tried in turn on CUDA: gesvd (QR iteration, the most accurate), then
-#: gesvdj (Jacobi) when gesvd fails to converge. On CPU torch always uses LAPACK gesdd.
-CUDA_DRIVERS = ("gesvd", "gesvdj")
-
-#: The precisions ``--precision`` accepts.
-PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """torch's spelling without the module: ``torch.bfloat16`` → ``"bfloat16"``."""
-    return str(dtype).removeprefix("torch.")
-
-
-def as_matrix(tensor: torch.Tensor) -> torch.Tensor:
-    """The matrix a tensor is analysed as: itself when 2-D, ``(shape[0], ∏ shape[1:])`` when ≥3-D.
-
-    A conv kernel (out, in, kh, kw) becomes out × (in·kh·kw): the map from a
-    flattened receptive field to the output channels, whose spectrum is what
-    spectral norms of conv layers usually mean.
-    """
-    if tensor.ndim < 2:
-        raise InputError(
-            f"a matrix needs at least 2 dimensions, got shape {tuple(tensor.shape)}; "
-            "1-D tensors (biases, norms) have no singular values to inspect"
-        )
-    return tensor if tensor.ndim == 2 else tensor.reshape(tensor.shape[0], -1)
-
-
-def analysis_dtype(storage: torch.dtype, precision: torch.dtype) -> torch.dtype:
-    """The dtype singular values are computed in: ``precision``, complex when the storage is."""
-    if storage.is_complex:
-        return torch.complex128 if precision == torch.float64 else torch.complex64
-    return precision
-
-
-def count_close_pairs(s: torch.Tensor, tol: float) -> int:
-    """#{(i, j) : i < j, |s_i − s_j| ≤ tol} for descending ``s`` of shape (k,), in O(k log k).
-
-    For each i, the values within [s_i − tol, s_i + tol] are a contiguous run of
-    the sorted spectrum; two binary searches count them (s_i itself included,
-    hence the −1), and every pair is counted from both ends (hence the /2).
-    """
-    ascending = s.flip(0).contiguous()
-    upper = torch.searchsorted(ascending, s + tol, right=True)
-    lower = torch.searchsorted(ascending, s - tol, right=False)
-    return int((upper - lower - 1).sum()) // 2
-
-
-@dataclass(frozen=True)
-class Spectrum:
-    """Singular values (float64, CPU, descending) and where they were computed."""
-
-    values: torch.Tensor
-    dtype: torch.dtype
-    device: str
-
-
-def tall(a: torch.Tensor) -> torch.Tensor:
-    """``a`` or its transpose, whichever has at least as many rows as columns (a view).
-
-    σ(A) = σ(Aᵀ), and torch's CPU svdvals is several times faster on the tall
-    orientation (measured: 0.28 s for 3072×768 against 1.36 s for 768×3072,
-    float64, one thread), so a wide matrix is decomposed as its transpose.
-    """
-    return a.mT if a.shape[-2] < a.shape[-1] else a
-
-
-def _power_of_two_scale(a: torch.Tensor) -> float:
-    """2^-e with 2^(e-1) ≤ max|a_ij| < 2^e: an exact scaling that brings entries into [½, 1)."""
-    biggest = float(a.abs().max()) if a.numel() else 0.0
-    if biggest == 0.0 or not math.isfinite(biggest):
-        return 1.0
-    return math.ldexp(1.0, -math.frexp(biggest)[1])
-
-
-def singular_values(
-    matrix: torch.Tensor,
-    *,
-    precision: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
-) -> Spectrum:
-    """s_1 ≥ … ≥ s_k of a finite matrix, retried once when the decomposition fails.
-
-    First attempt: in ``analysis_dtype(storage, precision)`` (cuSOLVER's gesvd
-    on CUDA). On ``torch.linalg.LinAlgError`` (non-convergence), another
-    runtime error, or non-finite singular values (an overflow), the retry runs
-    in float64 on the matrix scaled by a power of two into [½, 1) (exact; it
-    removes overflow and underflow), with cuSOLVER's gesvdj on CUDA.
-    Raises :class:`NumericalError` naming both failures when the retry fails too.
-    """
-    target = torch.device(device) if device is not None else matrix.device
-    on_cuda = target.type == "cuda"
-    attempts = [
-        (analysis_dtype(matrix.dtype, precision), CUDA_DRIVERS[0] if on_cuda else None, False),
-        (analysis_dtype(matrix.dtype, torch.float64), CUDA_DRIVERS[1] if on_cuda else None, True),
-    ]
-    failures: list[str] = []
-    for dtype, driver, rescale in attempts:
-        a = tall(matrix).to(device=target, dtype=dtype)
-        scale = _power_of_two_scale(a) if rescale else 1.0
-        if scale != 1.0:
-            a = a * scale
-        elif narrows(matrix.dtype, dtype) and not all_finite(a):
-            failures.append(f"{dtype_name(dtype)}: entries overflow the dtype")
-            continue
-        try:
-            s = torch.linalg.svdvals(a, driver=driver) if driver else torch.linalg.svdvals(a)
-        except RuntimeError as err:  # LinAlgError, cuSOLVER errors, out of memory
-            failures.append(f"{dtype_name(dtype)}{'/' + driver if driver else ''}: {err}")
-            continue
-        s = s.to(device="cpu", dtype=torch.float64) / scale
-        if not bool(torch.isfinite(s).all()):
-            failures.append(f"{dtype_name(dtype)}: non-finite singular values")
-            continue
-        return Spectrum(values=s, dtype=dtype, device=str(target))
-    raise NumericalError("the SVD failed even after a retry (" + "; ".join(failures) + ")")
-
-
-def batched_singular_values(stack: torch.Tensor, *, driver: str | None = None) -> torch.Tensor:
-    """Singular values of a ``(batch, m, n)`` stack in one call (float64 on CPU, descending).
-
-    No retry here: a caller that gets an error falls back to
-    :func:`singular_values` one matrix at a time, which retries.
-    """
-    stack = tall(stack)
-    s = torch.linalg.svdvals(stack, driver=driver) if driver else torch.linalg.svdvals(stack)
-    return s.to(device="cpu", dtype=torch.float64)
-
-
-def narrows(source: torch.dtype, target: torch.dtype) -> bool:
-    """True when casting ``source`` to ``target`` can overflow (float64 → float32, say)."""
-    real_source, real_target = (torch.empty((), dtype=d).real.dtype for d in (source, target))
-    return torch.finfo(real_target).max < torch.finfo(real_source).max
-
-
-def all_finite(matrix: torch.Tensor) -> bool:
-    """True when no entry is NaN or ±Inf, from two reductions that allocate nothing.
-
-    amax and amin propagate NaN, and an infinite entry is the max or the min.
-    """
-    values = torch.view_as_real(matrix) if matrix.is_complex() else matrix
-    if torch.finfo(values.dtype).bits == 8:
-        values = values.to(torch.float32)  # reductions are not implemented for every fp8 type
-    return bool(torch.isfinite(values.amax())) and bool(torch.isfinite(values.amin()))
-
-
-def count_nonfinite(matrix: torch.Tensor) -> int:
-    """Number of NaN/±Inf entries (every float dtype, bf16 and fp8 included).
-
-    A finite matrix (the usual case) costs two reductions; only otherwise are they counted.
-    """
-    if all_finite(matrix):
-        return 0
-    if matrix.dtype.is_floating_point and torch.finfo(matrix.dtype).bits == 8:
-        matrix = matrix.to(torch.float32)  # isfinite is not implemented for every fp8 type
-    return int(matrix.numel() - int(torch.isfinite(matrix).sum()))
+__all__ = ["Subject", "diagnose", "nonfinite_report", "report_from_spectrum"]
 
 
 @dataclass(frozen=True)
@@ -267,7 +122,7 @@ def _spectrum_numbers(
     # κ₂ = σ_max/σ_min; the computation resolves σ_min only above its own rounding level
     # τ_p = max(m, n)·ε_p·σ_max, and the true σ_min ≤ computed + τ_p: κ₂ ≥ σ_max/(σ_min + τ_p).
     cond = sigma_max / sigma_min if sigma_min > 0 else math.inf
-    computed_rounding = max(m, n) * tolerances.machine_eps(computed_in) * sigma_max
+    computed_rounding = tolerances.rounding_level(sigma_max, computed_in, m, n)
     cond_resolved = sigma_min > computed_rounding
     cond_lower_bound = sigma_max / (sigma_min + computed_rounding) if sigma_max > 0 else math.inf
     rank_tol = tolerances.inspect_rank_tolerance(sigma_max, working, computed_in, m, n)
@@ -312,14 +167,23 @@ def _spectrum_numbers(
 
 
 def _findings(
-    x: _Numbers, m: int, n: int, storage: torch.dtype, computed_in: torch.dtype, max_cond: float
+    x: _Numbers,
+    m: int,
+    n: int,
+    storage: torch.dtype,
+    computed_in: torch.dtype,
+    max_cond: float,
 ) -> tuple[Finding, ...]:
-    """Judge the numbers: the flags, each with a sentence naming the numbers and the fix."""
+    """Judge the numbers: the flags, each with a sentence naming the numbers and the consequence.
+
+    ``parameter`` names the argument of :func:`diagnose` whose threshold raised a
+    finding (``max_cond``, ``gap_rtol``, ``precision``), so that a front end can
+    say how to change it.
+    """
     if x.sigma_max == 0.0:
         return (Finding(Flag.ZERO, Severity.WARNING, "every entry is zero: rank 0, κ₂ = ∞"),)
     found: list[Finding] = []
     k = min(m, n)
-    grad_hint = "see `svdguard grad` for a gradient that stays finite"
     if x.tied_pairs:
         found.append(
             Finding(
@@ -327,7 +191,7 @@ def _findings(
                 Severity.ERROR,
                 f"{x.tied_pairs} pair(s) of singular values tied at rounding level "
                 f"(|s_i − s_j| ≤ {x.tie_tol:.2e}): their singular vectors are not determined "
-                f"and gradients through U or V are infinite or undefined; {grad_hint}",
+                "and gradients through U or V are infinite or undefined",
             )
         )
     elif x.near_pairs:
@@ -338,7 +202,8 @@ def _findings(
                 Severity.WARNING,
                 f"{x.near_pairs} near-degenerate pair(s) (|s_i − s_j| ≤ "
                 f"{x.near_tol:.2e}, smallest {gap / x.sigma_max:.2e}·σ_max): gradients through "
-                f"U or V are amplified up to {x.sigma_max / gap:.1e}×; {grad_hint}",
+                f"U or V are amplified up to {x.sigma_max / gap:.1e}×",
+                parameter="gap_rtol",
             )
         )
     if x.rank < k:
@@ -355,8 +220,9 @@ def _findings(
             Finding(
                 Flag.ILL_CONDITIONED,
                 Severity.WARNING,
-                f"κ₂ = {x.cond:.2e} ≥ {max_cond:.2e} (--max-cond): about log10(κ₂) = "
+                f"κ₂ = {x.cond:.2e} ≥ {max_cond:.2e}: about log10(κ₂) = "
                 f"{math.log10(x.cond):.1f} digits are lost solving with it or dividing by σ_min",
+                parameter="max_cond",
             )
         )
     if x.noise_floor is not None and (
@@ -385,8 +251,8 @@ def _findings(
                 Flag.UNRESOLVED,
                 Severity.INFO,
                 f"σ_min is below the resolution of {dtype_name(computed_in)}: κ₂ ≥ "
-                f"{x.cond_lower_bound:.2e} but the value is not resolved; "
-                "rerun with --precision float64",
+                f"{x.cond_lower_bound:.2e} but the value is not resolved",
+                parameter="precision",
             )
         )
     return tuple(found)
@@ -404,7 +270,7 @@ def report_from_spectrum(
     """Turn the descending spectrum ``s`` (k,) of ``subject`` into its report.
 
     ``max_cond`` is the κ₂ threshold of the ``ill-conditioned`` flag; None takes
-    ``tolerances.inspect_max_cond`` of the working dtype. ``gap_rtol`` is the
+    ``tolerances.default_max_cond`` of the working dtype. ``gap_rtol`` is the
     relative gap |s_i − s_j|/σ_max at or below which a pair is near-degenerate;
     None takes ``tolerances.inspect_near_degenerate_tolerance`` (√ε_w).
     """
@@ -412,7 +278,7 @@ def report_from_spectrum(
     s = s.to(dtype=torch.float64, device="cpu")
     x = _spectrum_numbers(s, m, n, subject.dtype, computed_in, gap_rtol)
     if max_cond is None:
-        max_cond = tolerances.inspect_max_cond(tolerances.compute_dtype(subject.dtype))
+        max_cond = tolerances.default_max_cond(tolerances.compute_dtype(subject.dtype))
     return MatrixReport(
         name=subject.name,
         path=subject.path,
@@ -439,23 +305,6 @@ def report_from_spectrum(
         below_noise_floor=x.below_noise_floor,
         findings=_findings(x, m, n, subject.dtype, computed_in, max_cond),
     )
-
-
-def check_analysable(tensor: torch.Tensor, name: str = "tensor") -> None:
-    """Raise InputError unless ``tensor`` is floating or complex with ≥ 2 non-empty dims."""
-    shape = tuple(tensor.shape)
-    if not (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
-        raise InputError(
-            f"{name}: dtype {dtype_name(tensor.dtype)} is not floating point; "
-            "only float and complex tensors have a spectrum to inspect"
-        )
-    if tensor.ndim < 2:
-        raise InputError(
-            f"{name}: shape {shape} is not a matrix (needs ≥ 2 dimensions); "
-            "1-D tensors and scalars have no singular values"
-        )
-    if tensor.numel() == 0:
-        raise InputError(f"{name}: shape {shape} is empty; there are no singular values")
 
 
 def diagnose(
@@ -485,9 +334,11 @@ def diagnose(
     >>> report.severity.value
     'error'
     """
-    check_analysable(tensor, name)
+    check_matrix(tensor, name if path is None else None, path=path, key=key)
     if precision not in PRECISIONS.values():
-        raise InputError(f"precision must be torch.float64 or torch.float32, got {precision}")
+        raise InputError(
+            f"svdguard.diagnose: precision must be torch.float64 or torch.float32, got {precision}"
+        )
     matrix = as_matrix(tensor)
     subject = Subject(name=name, shape=tuple(tensor.shape), dtype=tensor.dtype, path=path, key=key)
     target = torch.device(device) if device is not None else tensor.device

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -19,12 +20,13 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import svdguard
-from svdguard.cli import inspect_cmd
+from svdguard.app import formatting, inspection
+from svdguard.app.report import SkippedTensor
 from svdguard.cli.app import app
 from svdguard.errors import ResourceLimitError, SvdguardError
 from svdguard.io import expand_inputs, iter_records
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_data"
 CHECKPOINT = SAMPLES / "checkpoint.safetensors"
 SCHEMA = json.loads(
     (Path(svdguard.__file__).parent / "cli" / "inspect_schema.json").read_text(encoding="utf-8")
@@ -37,6 +39,20 @@ def run(*args: str, env: dict[str, str] | None = None) -> Any:
 
 
 # --- a small JSON-schema validator (the subset inspect_schema.json uses) -------------------
+
+
+NONFINITE_SPELLINGS = {"NaN", "Infinity", "-Infinity"}
+
+
+def decode_nonfinite(value: Any) -> Any:
+    """The JSON value with the strings "NaN"/"Infinity"/"-Infinity" read back as floats."""
+    if isinstance(value, str) and value in NONFINITE_SPELLINGS:
+        return float(value)
+    if isinstance(value, dict):
+        return {key: decode_nonfinite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decode_nonfinite(item) for item in value]
+    return value
 
 
 def validate(value: Any, schema: dict[str, Any], where: str = "$") -> None:
@@ -97,7 +113,7 @@ def test_validator_rejects_what_the_schema_forbids() -> None:
     document = json.loads(run(str(CHECKPOINT), "--format", "json").stdout)
     validate(document, SCHEMA)
     broken = json.loads(json.dumps(document))
-    broken["rows"][0]["cond"] = "Infinity"
+    broken["rows"][0]["cond"] = "inf"  # only "NaN", "Infinity", "-Infinity" spell non-finite floats
     with pytest.raises(AssertionError):
         validate(broken, SCHEMA)
     broken = json.loads(json.dumps(document))
@@ -177,20 +193,23 @@ def test_json_matches_schema_and_library() -> None:
     assert result.exit_code == 1
     document = json.loads(result.stdout)
     validate(document, SCHEMA)
-    assert document["schema_version"] == 1 and document["exit_code"] == 1
+    assert document["schema_version"] == 2 and document["exit_code"] == 1
     assert document["summary"]["matrices"] == 16 and document["summary"]["skipped"] == {
         "1-d": 2,
         "integer": 1,
     }
-    by_name = {row["name"]: row for row in document["rows"]}
+    # Python's float() reads the JSON spellings of NaN/±inf back.
+    by_name = {row["name"]: decode_nonfinite(row) for row in document["rows"]}
     library = {
         r.name: r.to_dict()
         for r in svdguard.inspect([CHECKPOINT, SAMPLES / "sharded"])
-        if not isinstance(r, svdguard.report.SkippedTensor)
+        if not isinstance(r, SkippedTensor)
     }
     assert by_name == library  # the same data as the library hands on
-    zero = by_name["checkpoint.safetensors[head.unused.weight]"]
-    assert zero["cond"] == "inf" and zero["rel_min_gap"] is None
+    zero = document["rows"][
+        [r["name"] for r in document["rows"]].index("checkpoint.safetensors[head.unused.weight]")
+    ]
+    assert zero["cond"] == "Infinity" and zero["rel_min_gap"] is None
     severities = [row["severity"] for row in document["rows"]]
     rank = {"error": 3, "warning": 2, "info": 1, None: 0}
     assert severities == sorted(severities, key=lambda s: -rank[s])  # worst first
@@ -248,6 +267,74 @@ def test_output_file_is_written_atomically_and_not_overwritten(tmp_path: Path) -
     assert np.array_equal(np.load(copy), np.eye(2))  # the input is untouched
 
 
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_output_never_replaces_an_input_shard_or_a_device(tmp_path: Path, force: list[str]) -> None:
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    for shard in (SAMPLES / "sharded").iterdir():
+        (sharded / shard.name).write_bytes(shard.read_bytes())
+    index = sharded / "model.safetensors.index.json"
+    shard = sharded / "model-00002-of-00002.safetensors"
+    before = {p.name: p.read_bytes() for p in sharded.iterdir()}
+    onto_shard = run(str(index), "--output", str(shard), *force)
+    assert onto_shard.exit_code == 2
+    assert (
+        "refusing to overwrite the input" in onto_shard.stderr and str(shard) in onto_shard.stderr
+    )
+    assert "--force" not in onto_shard.stderr  # it would not help
+    onto_index = run(str(sharded), "--output", str(index), *force)
+    assert onto_index.exit_code == 2 and "refusing to overwrite the input" in onto_index.stderr
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "null-link"
+    link.symlink_to(os.devnull)
+    for target in (os.devnull, str(fifo), str(link)):
+        result = run(str(CHECKPOINT), "--output", target, *force)
+        assert result.exit_code == 2 and "is not a regular file" in result.stderr, target
+        assert "--force" not in result.stderr
+    assert {p.name: p.read_bytes() for p in sharded.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "null-link", "sharded"]
+
+
+def test_output_dash_is_stdout(tmp_path: Path) -> None:
+    result = run(str(CHECKPOINT), "--format", "json", "--output", "-")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["exit_code"] == 1
+    assert not Path("-").exists()
+
+
+def test_existing_output_message_suggests_force(tmp_path: Path) -> None:
+    out = tmp_path / "report.txt"
+    out.write_text("keep")
+    result = run(str(CHECKPOINT), "--output", str(out))
+    assert result.exit_code == 2
+    assert f"{out}: the file exists; pass --force to overwrite" in result.stderr
+    assert out.read_text() == "keep"
+
+
+def test_disk_full_on_output_is_exit_2_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from svdguard.cli import inspect_cmd
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(inspect_cmd, "render", disk_full)
+    out = tmp_path / "report.json"
+    result = run(str(CHECKPOINT), "--format", "json", "--output", str(out))
+    assert result.exit_code == 2, result.stderr
+    assert f"{out}: cannot write: No space left on device" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_default_max_elements_is_the_library_default() -> None:
+    from svdguard.cli import inspect_cmd
+    from svdguard.io import DEFAULT_MAX_ELEMENTS
+
+    assert inspect_cmd.DEFAULT_MAX_ELEMENTS == DEFAULT_MAX_ELEMENTS
+
+
 def test_ctrl_c_exits_130_and_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -256,7 +343,7 @@ def test_ctrl_c_exits_130_and_leaves_no_file(
     def interrupted(*args: object, **kwargs: object) -> str:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(inspect_cmd, "to_json", interrupted)  # Ctrl-C while writing the file
+    monkeypatch.setattr(formatting, "to_json", interrupted)  # Ctrl-C while writing the file
     result = run(str(CHECKPOINT), "--format", "json", "--output", str(out))
     assert result.exit_code == 130
     assert result.stderr.strip() == "svdguard: interrupted"
@@ -266,7 +353,7 @@ def test_ctrl_c_exits_130_and_leaves_no_file(
         yield from []
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(inspect_cmd, "inspect", interrupted_rows)
+    monkeypatch.setattr(inspection, "inspect", interrupted_rows)
     result = run(str(CHECKPOINT))
     assert result.exit_code == 130 and result.stdout == ""
 
@@ -389,3 +476,34 @@ def test_narrow_console_hides_the_least_important_columns() -> None:
     assert "columns hidden" not in wide.stdout
     assert "rank tol" in next(line for line in wide.stdout.splitlines() if "matrix" in line)
     assert len(header.rstrip()) <= 100
+
+
+def test_piped_table_never_wraps_or_cuts_names(tmp_path: Path) -> None:
+    """Both commands share one console policy: without a terminal nothing is wrapped."""
+    key = "encoder." + "very_long_module_name." * 8 + "weight"
+    path = tmp_path / "long.safetensors"
+    save_file({key: torch.eye(3)}, str(path))
+    result = CliRunner().invoke(app, ["inspect", str(path)], env={"COLUMNS": None})
+    assert result.exit_code == 1  # the identity's tied singular values are an error
+    assert any(key in line for line in result.stdout.splitlines()), result.stdout
+
+
+def test_debug_reaches_the_command_through_the_context(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.npy")
+    plain = CliRunner().invoke(app, ["inspect", missing])
+    assert plain.exit_code == 2 and "Traceback" not in plain.stderr
+    assert "no such file or directory" in plain.stderr
+    debug = CliRunner().invoke(app, ["--debug", "inspect", missing])
+    assert debug.exit_code == 2 and "Traceback" in debug.stderr
+    assert "no such file or directory" in debug.stderr
+
+
+def test_json_findings_keep_the_library_words_and_the_table_adds_flags(tmp_path: Path) -> None:
+    path = tmp_path / "ill.npy"
+    np.save(path, with_singular_values([1.0, 0.7, 1e-9], 3, 3, seed=5).numpy())
+    document = json.loads(run(str(path), "--format", "json").stdout)
+    (finding,) = document["rows"][0]["findings"]
+    assert finding["flag"] == "ill-conditioned" and finding["parameter"] == "max_cond"
+    assert "--" not in finding["message"]
+    table = run(str(path)).stdout
+    assert "(threshold: --max-cond)" in table

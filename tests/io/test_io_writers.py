@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from svdguard.errors import InputError
+from svdguard.errors import InputError, OutputExistsError
 from svdguard.io import atomic_output, read_tensor, write_tensor
 from svdguard.io import writers as writers_module
 
@@ -21,16 +21,17 @@ def _listing(directory: Path) -> list[str]:
 def test_existing_file_refused_without_force(tmp_path: Path) -> None:
     target = tmp_path / "g.npy"
     np.save(target, np.zeros(3))
-    with pytest.raises(InputError, match="exists; pass --force to overwrite") as info:
+    with pytest.raises(OutputExistsError, match="the file exists$") as info:
         write_tensor(target, torch.ones(3, dtype=torch.float64))
     assert str(target) in str(info.value)
+    assert "--force" not in str(info.value)  # the library names no command-line flag
     assert np.array_equal(np.load(target), np.zeros(3))  # untouched
     write_tensor(target, torch.ones(3, dtype=torch.float64), force=True)
     assert np.array_equal(np.load(target), np.ones(3))
     assert _listing(tmp_path) == ["g.npy"]
 
 
-def test_protect_refuses_input_even_with_force(
+def test_inputs_are_refused_even_with_force(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = tmp_path / "a.npy"
@@ -38,12 +39,49 @@ def test_protect_refuses_input_even_with_force(
     monkeypatch.chdir(tmp_path)
     for spelled in (source, "a.npy", "./a.npy", tmp_path / "sub" / ".." / "a.npy"):
         with pytest.raises(InputError, match="refusing to overwrite the input"):
-            write_tensor(spelled, torch.zeros(4, dtype=torch.float64), force=True, protect=[source])
+            write_tensor(spelled, torch.zeros(4, dtype=torch.float64), force=True, inputs=[source])
     # A symlink to the input is the input too.
     (tmp_path / "link.npy").symlink_to(source)
     with pytest.raises(InputError, match="refusing to overwrite the input"):
-        write_tensor(tmp_path / "link.npy", torch.zeros(4), force=True, protect=["a.npy"])
+        write_tensor(tmp_path / "link.npy", torch.zeros(4), force=True, inputs=["a.npy"])
+    # A hard link to the input is the same file under another name.
+    os.link(source, tmp_path / "hard.npy")
+    with pytest.raises(InputError, match="refusing to overwrite the input"):
+        write_tensor(tmp_path / "hard.npy", torch.zeros(4), force=True, inputs=[source])
     assert np.array_equal(np.load(source), np.arange(4.0))
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_devices_fifos_and_links_to_them_are_refused(tmp_path: Path, force: bool) -> None:
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)
+    link = tmp_path / "null.npy"
+    link.symlink_to(os.devnull)
+    for target in (Path(os.devnull), fifo, link):
+        with pytest.raises(InputError, match="is not a regular file") as info:
+            write_tensor(target, torch.zeros(2), force=force)
+        assert not isinstance(info.value, OutputExistsError)  # --force would not help
+        assert str(target) in str(info.value)
+    assert link.is_symlink() and fifo.is_fifo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null.npy", "pipe.npy"]
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "d.npy").mkdir()
+    with pytest.raises(InputError, match="is a directory"):
+        write_tensor(tmp_path / "d.npy", torch.zeros(2), force=True)
+
+
+def test_disk_full_while_writing_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "report.json"
+    with pytest.raises(InputError, match="cannot write: No space left on device") as info:
+        with atomic_output(target) as temporary:
+            temporary.write_text("{")
+            raise OSError(28, "No space left on device")
+    assert str(target) in str(info.value)
+    assert _listing(tmp_path) == []
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".safetensors"])

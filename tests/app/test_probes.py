@@ -7,8 +7,7 @@ import pytest
 import torch
 from helpers import exactness_tolerance, haar_unitary, random_matrix
 
-from svdguard.errors import InputError
-from svdguard.probes import (
+from svdguard.app.probes import (
     LOSSES,
     Upstream,
     factor_shapes,
@@ -16,6 +15,7 @@ from svdguard.probes import (
     make_probe,
     upstream_from_tensors,
 )
+from svdguard.errors import InputError
 
 DTYPES = (torch.float32, torch.float64)
 

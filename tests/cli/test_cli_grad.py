@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -17,9 +18,9 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import svdguard
+from svdguard.app.probes import factor_shapes, make_probe
 from svdguard.cli import exit_codes
 from svdguard.cli.app import app
-from svdguard.probes import factor_shapes, make_probe
 from svdguard.tolerances import machine_eps
 
 runner = CliRunner()
@@ -134,7 +135,7 @@ def test_json_is_the_report_with_nonfinite_numbers_as_strings(identity: Path):
     result = invoke(identity, "--format", "json")
     assert result.exit_code == exit_codes.OK
     data = json.loads(result.stdout)  # stdout holds only the data
-    assert data["schema_version"] == 1 and data["method"] == "auto" and data["shape"] == [4, 4]
+    assert data["schema_version"] == 2 and data["method"] == "auto" and data["shape"] == [4, 4]
     (element,) = data["elements"]
     assert element["native"] == {"finite": False, "norm": "NaN"}
     assert element["stabilized"]["finite"] is True
@@ -187,6 +188,37 @@ def test_existing_output_needs_force_and_the_input_is_never_overwritten(identity
     assert same.exit_code == exit_codes.USAGE
     assert "refusing to overwrite the input" in same.stderr
     assert identity.read_bytes() == before
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_output_refuses_devices_and_the_upstream_file(
+    identity: Path, tmp_path: Path, force: list[str]
+) -> None:
+    link = tmp_path / "null.npy"
+    link.symlink_to(os.devnull)
+    for target in (os.devnull, link):
+        result = invoke(identity, "-o", target, *force)
+        assert result.exit_code == exit_codes.USAGE
+        assert "is not a regular file" in result.stderr and "--force" not in result.stderr
+    upstream = tmp_path / "up.npz"
+    np.savez(upstream, S=np.ones(4))
+    before = upstream.read_bytes()
+    onto_upstream = invoke(identity, "--upstream", upstream, "-o", upstream, *force)
+    assert onto_upstream.exit_code == exit_codes.USAGE
+    assert "refusing to overwrite the input" in onto_upstream.stderr
+    assert upstream.read_bytes() == before and link.is_symlink()
+
+
+def test_cli_choices_are_the_library_lists() -> None:
+    from svdguard.app import probes
+    from svdguard.cli import grad_cmd
+
+    assert grad_cmd.METHODS == svdguard.METHODS
+    assert grad_cmd.LOSSES == probes.LOSSES
+    assert (grad_cmd.DEFAULT_LOSS, grad_cmd.DEFAULT_SEED) == (
+        probes.DEFAULT_LOSS,
+        probes.DEFAULT_SEED,
+    )
 
 
 @pytest.mark.parametrize(
@@ -294,3 +326,12 @@ def test_malformed_and_hostile_inputs(corpus: Path, case: CorpusCase):
         assert case.filename in result.stderr and message in result.stderr
     for marker in MARKER_FILES:
         assert not (corpus / marker).exists()
+
+
+def test_piped_output_never_wraps_or_cuts_names(tmp_path: Path) -> None:
+    """A pipe gets whole lines whatever the terminal width; a greppable name stays on one line."""
+    name = "a" * 150 + ".npy"
+    path = save(tmp_path / name, torch.eye(3, dtype=torch.float64))
+    result = runner.invoke(app, ["grad", str(path)], env={"COLUMNS": None})
+    assert result.exit_code == exit_codes.OK
+    assert any(name in line for line in result.stdout.splitlines()), result.stdout

@@ -15,13 +15,13 @@ from helpers import random_matrix, with_singular_values
 from safetensors.torch import load_file, save_file
 
 import svdguard
+from svdguard.app.inspection import Selection
+from svdguard.app.report import FailedReport, MatrixReport, Severity, SkippedTensor
 from svdguard.errors import InputError
-from svdguard.inspection import Selection
-from svdguard.linalg import diagnostics
-from svdguard.report import FailedReport, MatrixReport, Severity, SkippedTensor
+from svdguard.linalg import spectrum_analysis as diagnostics
 from svdguard.tolerances import compute_dtype, machine_eps
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_data"
 EPS64 = machine_eps(torch.float64)
 
 #: What sample_data/make_samples.py documents for each tensor of checkpoint.safetensors.
@@ -182,7 +182,7 @@ def test_skip_reasons(tmp_path: Path) -> None:
     }
     assert [i.key for i in items if isinstance(i, MatrixReport)] == ["ok"]
     big = next(i for i in items if i.key == "big")
-    assert "400 elements exceed --max-elements 100" in big.detail
+    assert "400 elements exceed max_elements = 100" in big.detail
 
 
 def test_selection_globs() -> None:

@@ -1,7 +1,7 @@
 """torch's own SVD gradient beside the stabilized one, with the facts that explain the difference.
 
 :func:`compare_gradients` backpropagates one objective (a seeded probe loss or
-saved upstream gradients, :mod:`svdguard.probes`) through two SVDs of the same
+saved upstream gradients, :mod:`svdguard.app.probes`) through two SVDs of the same
 matrix or batch ``(..., m, n)``:
 
 * *native*: ``torch.linalg.svd`` and torch's ``linalg_svd_backward``, which
@@ -11,7 +11,7 @@ matrix or batch ``(..., m, n)``:
 Per batch element it records κ₂, the smallest relative singular-value gap
 (min_i gap_i / σ_max, gap_i as LAPACK's xDISNA defines it), how many pairs the
 method's stabilizer acts on, whether each gradient is finite and its Frobenius
-norm, their relative difference, and the gauge check (MATH.md §3): inside a block
+norm, their relative difference, and the gauge check (``docs/backward.md``): inside a block
 of tied singular values a loss that depends on the basis the SVD picked has no
 gradient, whatever the backward does.
 
@@ -33,18 +33,27 @@ from typing import Any
 
 import torch
 
+from svdguard.app.report import SCHEMA_VERSION
 from svdguard.errors import InputError, SvdguardWarning
 from svdguard.linalg.gauge import GaugeViolation, find_gauge_violations
+from svdguard.linalg.matrix_input import check_matrix
 from svdguard.linalg.spectrum import condition_number, singular_gaps, tied_pairs
+from svdguard.linalg.spectrum_analysis import dtype_name
 from svdguard.linalg.svd import METHODS, guarded_pairs, svd
 from svdguard.linalg.svd_backward import BackwardConfig
 from svdguard.tolerances import compute_dtype, tie_tolerance
 
+__all__ = [
+    "ElementFacts",
+    "GradientComparison",
+    "GradientReport",
+    "Objective",
+    "compare_gradients",
+    "resolve_method",
+]
+
 Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SvdFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-#: Version of :meth:`GradientReport.to_dict`'s layout (bumped on incompatible changes).
-SCHEMA_VERSION = 1
 
 
 def resolve_method(method: str | None, eps: float | None) -> str:
@@ -59,26 +68,6 @@ def resolve_method(method: str | None, eps: float | None) -> str:
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     return method
-
-
-def check_matrix(a: torch.Tensor, *, path: str | None = None, key: str | None = None) -> None:
-    """Raise :class:`~svdguard.errors.InputError` unless ``a`` is a non-empty float (..., m, n)."""
-    if a.ndim < 2:
-        raise InputError(
-            f"shape {tuple(a.shape)} is not a matrix; svdguard grad needs a (..., m, n) tensor "
-            "(a matrix or a batch of matrices)",
-            path=path,
-            key=key,
-        )
-    if not (a.dtype.is_floating_point or a.dtype.is_complex):
-        raise InputError(
-            f"dtype {a.dtype} is not a floating dtype; an SVD gradient needs float or complex "
-            "entries (convert the matrix, e.g. to float32, before saving it)",
-            path=path,
-            key=key,
-        )
-    if a.shape[-1] == 0 or a.shape[-2] == 0 or a.numel() == 0:
-        raise InputError(f"shape {tuple(a.shape)} has no entries", path=path, key=key)
 
 
 @dataclass(frozen=True)
@@ -240,7 +229,8 @@ def _native_run(work: torch.Tensor, objective: Objective) -> _NativeRun:
 def _frobenius(x: torch.Tensor) -> torch.Tensor:
     """Per-matrix ‖x‖_F in float64, shape (...)."""
     wide = x.to(torch.complex128 if x.is_complex() else torch.float64)
-    return torch.linalg.vector_norm(wide, dim=(-2, -1))
+    norm: torch.Tensor = torch.linalg.vector_norm(wide, dim=(-2, -1))
+    return norm
 
 
 def _all_finite(x: torch.Tensor) -> torch.Tensor:
@@ -273,12 +263,12 @@ def compare_gradients(
 
     ``a`` is a float or complex ``(..., m, n)`` tensor; ``objective(U, S, Vh)`` a
     scalar loss of the thin factors in the compute dtype (see
-    :func:`svdguard.probes.make_probe`, :func:`svdguard.probes.upstream_from_tensors`).
+    :func:`svdguard.app.probes.make_probe`, :func:`svdguard.app.probes.upstream_from_tensors`).
     ``method``, ``eps``, ``degree``, ``max_cond`` go to :func:`svd` unchanged; an
     invalid combination raises :class:`~svdguard.errors.InputError`. The returned
     ``gradient`` equals ``torch.autograd.grad(objective(*svd(a, method=...)), a)``.
     """
-    check_matrix(a)
+    check_matrix(a, "compare_gradients")
     m, n = a.shape[-2:]
     finite_input = _all_finite(a)
     every_finite = bool(finite_input.all())
@@ -319,8 +309,8 @@ def compare_gradients(
     )
     report = GradientReport(
         shape=tuple(a.shape),
-        dtype=str(a.dtype).removeprefix("torch."),
-        compute_dtype=str(compute_dtype(a.dtype)).removeprefix("torch."),
+        dtype=dtype_name(a.dtype),
+        compute_dtype=dtype_name(compute_dtype(a.dtype)),
         method=method,
         eps=eps,
         degree=degree,
