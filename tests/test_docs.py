@@ -8,7 +8,12 @@ punctuation removed, spaces turned into hyphens, ``-1``, ``-2`` … appended to 
 from __future__ import annotations
 
 import doctest
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +155,50 @@ def test_nothing_cites_a_file_outside_the_repository():
             if needle in path.read_text(encoding="utf-8", errors="replace"):
                 citing.append(str(path.relative_to(ROOT)))
     assert not citing, f"cite {needle}, which is not part of the repository: {citing}"
+
+
+#: Pages whose ``$ svdguard …`` examples run on the bundled sample data.
+CLI_EXAMPLE_PAGES = [README, DOCS / "cli.md"]
+
+
+def cli_examples(path: Path) -> list[tuple[str, list[str]]]:
+    """(command, shown output lines) for every ``$ svdguard`` line inside a code block."""
+    examples: list[tuple[str, list[str]]] = []
+    fenced = False
+    current: list[str] | None = None  # the output lines of the command being read
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if _FENCE.match(line):
+            fenced, current = not fenced, None
+        elif fenced and line.startswith("$ "):
+            current = []
+            examples.append((line[2:], current))
+        elif current is not None and line.strip():
+            current.append(line.rstrip())
+    return [(cmd, out) for cmd, out in examples if cmd.startswith("svdguard ")]
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        pytest.param(c, o, id=f"{p.name}: {c}")
+        for p in CLI_EXAMPLE_PAGES
+        for c, o in cli_examples(p)
+    ],
+)
+def test_cli_examples_print_what_the_docs_show(command: str, shown: list[str], tmp_path: Path):
+    """Every line a page shows (``...`` elides lines) is printed by the command it shows."""
+    shutil.copytree(ROOT / "sample_data", tmp_path / "sample_data")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "FORCE_COLOR")}
+    env.update(NO_COLOR="1", PYTHONPATH=str(ROOT), TERM="dumb")
+    result = subprocess.run(
+        [sys.executable, "-m", "svdguard", *shlex.split(command)[1:]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=300,
+    )
+    printed = {line.rstrip() for line in (result.stdout + result.stderr).splitlines()}
+    missing = [line for line in shown if line != "..." and line not in printed]
+    assert not missing, f"`{command}` (exit {result.returncode}) does not print: {missing}"
