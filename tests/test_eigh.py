@@ -240,9 +240,9 @@ def test_guarded_reciprocal_closed_forms():
 
 @pytest.mark.parametrize("method", ("clamp", "lorentz"))
 def test_stabilizers_are_finite_at_ties_and_close_to_torch_elsewhere(method):
-    I = torch.eye(3, dtype=torch.float64, requires_grad=True)
+    eye = torch.eye(3, dtype=torch.float64, requires_grad=True)
     W = weights(3)
-    (g,) = torch.autograd.grad(spectral_loss(lambda a: eigh(a, method=method), I, W), I)
+    (g,) = torch.autograd.grad(spectral_loss(lambda a: eigh(a, method=method), eye, W), eye)
     assert torch.isfinite(g).all()
     A = random_symmetric(5, 5, seed=6).requires_grad_(True)
     W = weights(5)

@@ -341,9 +341,10 @@ def eigh(
     identity, where torch's own backward would divide 0 by 0 when an eigenvector
     gradient is present:
 
-    >>> import torch, svdguard
+    >>> import torch
+    >>> from svdguard.linalg.eigh import eigh
     >>> A = torch.eye(3, dtype=torch.float64, requires_grad=True)
-    >>> lam, V = svdguard.eigh(A)
+    >>> lam, V = eigh(A)
     >>> (V @ torch.diag_embed(lam**2) @ V.mT).diagonal().sum().backward()
     >>> A.grad
     tensor([[2., 0., 0.],
