@@ -1,7 +1,7 @@
 r"""``svdguard.eigh`` / ``svdguard.eigvalsh``: symmetric eigendecomposition with a finite backward.
 
 For a Hermitian A = V diag(λ) Vᴴ (λ ascending, as torch returns them) the backward is
-(docs/backward.md, the eigh section)
+(docs/guard.md, section "eigh")
 
     gA = V ( diag(gλ) + F ∘ skew(Vᴴ gV) / 2 ) Vᴴ,     F_ij = 1 / (λ_j − λ_i)  (i ≠ j),
 
