@@ -35,7 +35,7 @@ and ``'nuc'``, ``torch.linalg.cond``, ``torch.linalg.pinv``,
 ``torch.svd_lowrank`` & co. are reached only on plain tensors (a subclass such
 as ``nn.Parameter`` dispatches them as a whole, so their inner SVD stays torch's;
 pass ``p.data`` or a plain tensor view). Forward-mode AD (``torch.func.jvp``,
-``jacfwd``) is not routed: svdguard's functions define no forward derivative.
+``jacfwd``) records no backward, so those calls go to torch (torch's forward derivative).
 
 Scope: the mode is pushed on the *current thread's* mode stack (PyTorch keeps
 that stack thread-local), so code that runs in other threads (a DataLoader
@@ -197,13 +197,19 @@ def _argument(args: tuple, kwargs: dict[str, Any], position: int, name: str, def
     return kwargs.get(name, default)
 
 
-def _needs_backward(A: Any) -> bool:
-    """Whether autograd will record this call (otherwise torch is called directly)."""
+def _needs_backward(A: Any, *, square: bool = False) -> bool:
+    """Whether autograd will record this call on an input svdguard takes.
+
+    Anything else — no gradient, an unsupported dtype, fewer than two dimensions,
+    a non-square input to eigh — goes to torch, so its result or its own error is kept.
+    """
     return (
         isinstance(A, torch.Tensor)
         and A.requires_grad
         and torch.is_grad_enabled()
         and A.dtype in _ROUTED_DTYPES
+        and A.dim() >= 2
+        and (not square or A.shape[-1] == A.shape[-2])
     )
 
 
@@ -416,9 +422,11 @@ def _route_eigh(mode: guard, func: Any, args: tuple, kwargs: dict) -> Any:
     # torch.linalg.eigh(A, UPLO='L', *, out=None)
     A = _argument(args, kwargs, 0, "A", None)
     counts = mode._site("torch.linalg.eigh")
-    if kwargs.get("out") is not None or not _needs_backward(A):
+    if kwargs.get("out") is not None or not _needs_backward(A, square=True):
         return func(*args, **kwargs)
     UPLO = _argument(args, kwargs, 1, "UPLO", "L")
+    if UPLO not in ("L", "U"):
+        return func(*args, **kwargs)
     lam, V = eigh(A, UPLO, **mode._eigh_options)
 
     def flags(grads: tuple[torch.Tensor | None, ...]) -> tuple[bool, bool]:
@@ -432,9 +440,12 @@ def _route_eigvalsh(mode: guard, func: Any, args: tuple, kwargs: dict) -> Any:
     # torch.linalg.eigvalsh(A, UPLO='L', *, out=None)
     A = _argument(args, kwargs, 0, "A", None)
     mode._site("torch.linalg.eigvalsh")
-    if kwargs.get("out") is not None or not _needs_backward(A):
+    if kwargs.get("out") is not None or not _needs_backward(A, square=True):
         return func(*args, **kwargs)
-    return eigvalsh(A, _argument(args, kwargs, 1, "UPLO", "L"))
+    UPLO = _argument(args, kwargs, 1, "UPLO", "L")
+    if UPLO not in ("L", "U"):
+        return func(*args, **kwargs)
+    return eigvalsh(A, UPLO)
 
 
 _ROUTES: dict[Any, _Route] = {

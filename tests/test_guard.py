@@ -133,12 +133,23 @@ def test_calls_without_gradient_go_to_torch():
         assert torch.equal(out, torch.ones(3))
 
 
-def test_unsupported_dtype_keeps_torchs_own_error():
-    A = torch.eye(3, dtype=torch.float16, requires_grad=True)
+@pytest.mark.parametrize(
+    "call, A",
+    [
+        (torch.linalg.svd, torch.eye(3, dtype=torch.float16)),
+        (torch.linalg.svd, torch.ones(3)),
+        (torch.linalg.eigh, torch.ones(3, 4)),
+        (torch.linalg.eigvalsh, torch.ones(3, 4)),
+        (lambda a: torch.linalg.eigh(a, UPLO="X"), torch.eye(3)),
+    ],
+)
+def test_inputs_torch_rejects_keep_torchs_own_error(call, A):
+    A = A.requires_grad_(True)
     with pytest.raises(RuntimeError) as plain:
-        torch.linalg.svd(A)
+        call(A)
     with guard(), pytest.raises(RuntimeError) as guarded:
-        torch.linalg.svd(A)
+        call(A)
+    assert type(guarded.value) is type(plain.value)
     assert str(guarded.value) == str(plain.value)
 
 
@@ -208,6 +219,20 @@ def test_torch_func_vmap_of_grad_inside_the_guard():
         U, _, Vh = svdguard_svd(a, full_matrices=True)
         (expected,) = torch.autograd.grad((W * (U @ Vh)).sum(), a)
         assert relative_error(got[i], expected) <= exactness_tolerance(torch.float64)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_forward_mode_inside_the_guard_is_torchs():
+    A = random_matrix(4, 3)
+    T = random_matrix(4, 3, seed=1)
+
+    def f(a):
+        return torch.linalg.svd(a, full_matrices=False).S
+
+    expected = torch.func.jvp(f, (A,), (T,))
+    with guard():
+        got = torch.func.jvp(f, (A,), (T,))
+    assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
 
 
 def test_options_are_validated_when_the_guard_is_made():
