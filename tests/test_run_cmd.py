@@ -51,6 +51,7 @@ def test_zca_whitening_from_an_isotropic_start_trains(capsys):
     first, last = (float(part.split()[-1]) for part in out.out.strip().split(","))
     assert last < first / 10
     assert "torch.linalg.eigh: 40 calls, 40 backward, 1 met ties/zeros, 1 NaN/inf" in out.err
+    assert "1 backward pass met ties or zeros, 1 of them would be NaN/inf with torch" in out.err
 
 
 def test_zca_whitening_without_the_guard_is_not_finite():
@@ -129,6 +130,24 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
     assert main([]) == 2
 
 
+def test_stdin_and_stdout_are_the_programs(tmp_path):
+    script = write(
+        tmp_path / "upper.py", "import sys\nsys.stdout.write(sys.stdin.read().upper())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "svdguard.cli.run_cmd", str(script)],
+        input="piped text\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert done.stdout == "PIPED TEXT\n"  # the report went to stderr
+    assert "no SVD or eigh call was made" in done.stderr
+
+
 def test_quiet_prints_no_report(tmp_path, capsys):
     script = write(tmp_path / "ok.py", "print('hi')\n")
     assert main(["--quiet", str(script)]) == 0
@@ -169,6 +188,7 @@ def test_render_report():
         "svdguard run (method=auto): 6 SVD/eigh calls from 2 call sites; 2 backward passes "
         "met ties or zeros, 1 of them would be NaN/inf with torch"
     )
+    assert lines[2].split()[1:4] == ["torch.linalg.eigh:", "1", "call,"]
     assert (
         lines[1].split()
         == "/somewhere/lib.py:12 torch.linalg.svd: 5 calls, 4 backward, 2 met ties/zeros, 1 NaN/inf with torch".split()

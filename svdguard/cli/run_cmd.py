@@ -89,21 +89,27 @@ def _short_path(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
+
+
 def render_report(report: GuardReport) -> list[str]:
     """The lines of the end-of-run report (stderr)."""
     if not report.sites:
         return [f"svdguard run (method={report.method}): no SVD or eigh call was made"]
     lines = [
-        f"svdguard run (method={report.method}): {report.calls} SVD/eigh calls from "
-        f"{len(report.sites)} call sites; {report.tie_backwards} backward passes met ties or "
-        f"zeros, {report.torch_nonfinite} of them would be NaN/inf with torch"
+        f"svdguard run (method={report.method}): {_count(report.calls, 'SVD/eigh call')} from "
+        f"{_count(len(report.sites), 'call site')}; "
+        f"{_count(report.tie_backwards, 'backward pass', 'backward passes')} met ties or zeros, "
+        f"{report.torch_nonfinite} of them would be NaN/inf with torch"
     ]
     width = max(len(f"{_short_path(s.file)}:{s.line}") for s in report.sites)
     for site in report.sites:
         where = f"{_short_path(site.file)}:{site.line}".ljust(width)
         lines.append(
-            f"  {where}  {site.function}: {site.calls} calls, {site.backward_passes} backward, "
-            f"{site.tie_backwards} met ties/zeros, {site.torch_nonfinite} NaN/inf with torch"
+            f"  {where}  {site.function}: {_count(site.calls, 'call')}, "
+            f"{site.backward_passes} backward, {site.tie_backwards} met ties/zeros, "
+            f"{site.torch_nonfinite} NaN/inf with torch"
         )
     return lines
 
