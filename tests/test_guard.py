@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.linalg import svd as svd_bound_at_import  # reached although bound before the guard
 
-from svdguard.errors import InputError
+from svdguard.errors import InputError, SvdguardWarning
 from svdguard.guard import CallSite, GuardReport, guard
 from svdguard.linalg.svd import svd as svdguard_svd
 from tests.helpers import exactness_tolerance, random_matrix, relative_error
@@ -242,6 +242,18 @@ def test_options_are_validated_when_the_guard_is_made():
         guard(eigh_method="taylor")
     with pytest.raises(InputError, match="eps"):
         guard(method="auto", eps=1e-3)
+
+
+def test_gauge_check_reaches_svd_and_eigh():
+    A = torch.eye(3, dtype=torch.float64, requires_grad=True)
+    with guard(gauge_check=True):
+        U = torch.linalg.svd(A).U
+        V = torch.linalg.eigh(A).eigenvectors
+    basis_dependent = torch.arange(3.0, dtype=torch.float64)
+    with pytest.warns(SvdguardWarning, match="svdguard.svd gauge check"):
+        (U[:, 0] * basis_dependent).sum().backward()
+    with pytest.warns(SvdguardWarning, match="svdguard.eigh gauge check"):
+        (V[:, 0] * basis_dependent).sum().backward()
 
 
 def test_svd_options_reach_svdguard():
