@@ -90,12 +90,14 @@ class CallSite:
     file: str  #: path of the first frame outside torch and svdguard
     line: int
     function: str  #: the torch function called: "torch.linalg.svd", "torch.linalg.eigh", ...
-    calls: int  #: calls made from here
-    backward_passes: int  #: backward passes through those calls that were counted
-    tie_backwards: (
-        int  #: ... of which met a tie or zero at rounding level with gradients on vectors
-    )
-    torch_nonfinite: int  #: ... of which torch's kernel would have divided by an exact zero
+    #: calls made from here (with or without gradient)
+    calls: int
+    #: backward passes through those calls (outside torch.func transforms)
+    backward_passes: int
+    #: ... that met a tie or a zero at rounding level with a gradient on the vectors
+    tie_backwards: int
+    #: ... of those, where torch's kernel would have divided by an exact zero (inf/NaN)
+    torch_nonfinite: int
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
