@@ -390,8 +390,10 @@ def _hook_svd(
     m: int,
     n: int,
 ) -> None:
+    values = S.detach()  # not S itself: the hook lives on S's graph, S would never be freed
+
     def flags(grads: tuple[torch.Tensor | None, ...]) -> tuple[bool, bool]:
-        return _svd_backward_flags(S, m, n, grads[0] is not None or grads[2] is not None)
+        return _svd_backward_flags(values, m, n, grads[0] is not None or grads[2] is not None)
 
     mode._count_backward(counts, (U, S, Vh), flags)
 
@@ -431,8 +433,10 @@ def _route_eigh(mode: guard, func: Any, args: tuple, kwargs: dict) -> Any:
         return func(*args, **kwargs)
     lam, V = eigh(A, UPLO, **mode._eigh_options)
 
+    values = lam.detach()  # not lam itself: the hook lives on its graph (a reference cycle)
+
     def flags(grads: tuple[torch.Tensor | None, ...]) -> tuple[bool, bool]:
-        return _eigh_backward_flags(lam, grads[1] is not None)
+        return _eigh_backward_flags(values, grads[1] is not None)
 
     mode._count_backward(counts, (lam, V), flags)
     return torch.return_types.linalg_eigh((lam, V))  # type: ignore[attr-defined]

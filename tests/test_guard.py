@@ -333,3 +333,27 @@ def test_a_module_that_bound_svd_at_import_is_reached_and_its_line_reported(monk
     assert torch.isfinite(octahedron.grad).all()
     (site,) = g.report().sites
     assert Path(site.file).name == "kabsch_align.py" and site.line == line
+
+
+def test_the_report_keeps_no_output_alive():
+    # The counting hook lives on the outputs' graph; it must not hold the outputs
+    # themselves (a cycle through C++ autograd nodes that the collector cannot break).
+    import gc
+    import weakref
+
+    refs = []
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with guard(report=True):
+            for _ in range(2):
+                A = random_matrix(5, 4).requires_grad_(True)
+                U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+                (U @ Vh).sum().backward()
+                lam, V = torch.linalg.eigh(A.mT @ A)
+                refs += [weakref.ref(t) for t in (U, S, Vh, lam, V)]
+                del A, U, S, Vh, lam, V
+        assert all(ref() is None for ref in refs)
+    finally:
+        if enabled:
+            gc.enable()
