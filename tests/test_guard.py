@@ -162,6 +162,23 @@ def test_leaving_restores_torch_also_on_exceptions():
     assert not torch.isfinite(polar_gradient_at_identity(ROUTES["torch.linalg.svd"])).all()
 
 
+def test_torch_results_outside_are_bitwise_unchanged_by_a_guard_having_run():
+    A = random_matrix(5, 4)
+
+    def forward_and_backward():
+        x = A.clone().requires_grad_(True)
+        U, S, Vh = torch.linalg.svd(x, full_matrices=False)
+        lam, V = torch.linalg.eigh(x.mT @ x)
+        ((U @ Vh).sum() + (V.abs() * lam).sum() + S.sum()).backward()
+        return U, S, Vh, lam, V, x.grad
+
+    before = forward_and_backward()
+    with guard(report=True):
+        forward_and_backward()
+    after = forward_and_backward()
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
+
+
 def test_backward_after_leaving_the_block_is_still_guarded():
     A = torch.eye(3, dtype=torch.float64, requires_grad=True)
     with guard():

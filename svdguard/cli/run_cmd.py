@@ -37,6 +37,11 @@ CONTEXT_SETTINGS: dict[str, Any] = {
     "allow_interspersed_args": False,
 }
 
+EPILOG = (
+    "Exit status: the program's own (an uncaught exception: 1; Ctrl-C: 130); "
+    "2 when svdguard cannot start it (no such script or module, unknown --method)."
+)
+
 HELP = (
     "Run a Python program (SCRIPT or -m MODULE, then its own arguments) with every "
     "torch.linalg.svd / torch.svd / svdvals / eigh / eigvalsh call routed to svdguard, "
@@ -226,7 +231,7 @@ def _run(
 def build_app() -> typer.Typer:
     """A Typer app with ``run`` as its only command (``python -m svdguard.cli.run_cmd``)."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-    app.command(name="run", help=HELP, context_settings=CONTEXT_SETTINGS)(run)
+    app.command(name="run", help=HELP, epilog=EPILOG, context_settings=CONTEXT_SETTINGS)(run)
 
     @app.callback()
     def _root() -> None:  # a group, so that the command is spelled ``run`` as in svdguard
