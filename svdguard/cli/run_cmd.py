@@ -29,6 +29,8 @@ from svdguard.cli import exit_codes
 from svdguard.cli.guard import guarded, say
 from svdguard.errors import InputError
 from svdguard.guard import GuardReport, guard
+from svdguard.linalg.eigh import EIGH_METHODS
+from svdguard.linalg.svd import METHODS
 
 #: What Click must do for ``run``: stop parsing at the program, hand the rest over verbatim.
 CONTEXT_SETTINGS: dict[str, Any] = {
@@ -59,7 +61,6 @@ def _program_environment(argv: list[str], path0: str) -> Iterator[None]:
     try:
         yield
     finally:
-        sys.argv[:] = saved_argv
         sys.argv = saved_argv
         sys.path[:] = saved_path
 
@@ -164,14 +165,15 @@ def run(
         str,
         typer.Option(
             "--method",
-            help="Backward method of svdguard.svd (auto, clamp, lorentz, taylor, trivialize, native).",
+            help=f"Backward method of svdguard.svd ({', '.join(METHODS)}).",
         ),
     ] = "auto",
     eigh_method: Annotated[
         str | None,
         typer.Option(
             "--eigh-method",
-            help="Backward method of eigh (auto, clamp, lorentz, native); default: --method where eigh has it, else auto.",
+            help=f"Backward method of eigh ({', '.join(EIGH_METHODS)}); "
+            "default: --method where eigh has it, else auto.",
             show_default=False,
         ),
     ] = None,
