@@ -13,14 +13,15 @@ as two eigenvalues are equal. The single place where 1/(λ_j − λ_i) is formed
 
 ``"auto"``
     exact where |λ_j − λ_i| > τ = n·ε·max|λ| (:func:`eigh_tie_tolerance`), 0 at or
-    below τ (a tie at rounding level). Exact for every loss whose gradient the
-    factors determine: the eigenvalues alone (any function of λ), projectors
-    onto well-separated eigenspaces, anything invariant under the choice of
-    basis inside a tied eigenspace *for which that block contributes nothing
-    in-block*. For a smooth spectral function V f(Λ) Vᴴ the in-block limit of
-    (f(λ_j) − f(λ_i))/(λ_j − λ_i) = f'(λ) is finite but not contained in the
+    below τ (a tie at rounding level). Exact wherever the factors determine the
+    gradient: functions of the eigenvalues alone, projectors onto eigenspaces
+    separated from the rest, eigenvectors of simple eigenvalues while others
+    are tied — losses for which skew(Vᴴ gV) vanishes inside every tied block.
+    For a smooth spectral function V f(Λ) Vᴴ the in-block limit
+    (f(λ_j) − f(λ_i))/(λ_j − λ_i) → f'(λ) is finite but not contained in the
     factors, so that part is lost at an exact tie (as for the SVD; the
-    Daleckii–Krein route of docs/matrix-functions.md keeps it).
+    Daleckii–Krein route of docs/matrix-functions.md keeps it). Above τ the
+    accuracy is that of the gap: a relative ε·max|λ|/|λ_j − λ_i|.
 ``"clamp"`` with ``eps`` (absolute, default √ε·max|λ|)
     1/(λ_j − λ_i) → 1/(sign·max(|λ_j − λ_i|, eps)), sign = +1 for j > i.
 ``"lorentz"`` with ``eps`` (units of λ², default ε·max|λ|²)
