@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from svdguard import functional
     from svdguard.app.diagnose import diagnose
     from svdguard.app.inspection import inspect
+    from svdguard.guard_mode import GuardReport, guard
+    from svdguard.linalg.eigh import eigh, eigvalsh
     from svdguard.linalg.svd import METHODS, svd, svdvals
 
 __version__ = "0.1.0"
@@ -39,9 +41,13 @@ __all__ = [
     "SvdguardError",
     "SvdguardWarning",
     "UnsafeInputError",
+    "GuardReport",
     "__version__",
     "diagnose",
+    "eigh",
+    "eigvalsh",
     "functional",
+    "guard",
     "inspect",
     "svd",
     "svdvals",
@@ -55,6 +61,10 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "diagnose": ("svdguard.app.diagnose", "diagnose"),
     "inspect": ("svdguard.app.inspection", "inspect"),
     "functional": ("svdguard.functional", None),
+    "guard": ("svdguard.guard_mode", "guard"),
+    "GuardReport": ("svdguard.guard_mode", "GuardReport"),
+    "eigh": ("svdguard.linalg.eigh", "eigh"),
+    "eigvalsh": ("svdguard.linalg.eigh", "eigvalsh"),
 }
 
 
