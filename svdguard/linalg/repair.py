@@ -121,13 +121,16 @@ def nearest_spectrum(
 
 
 def meets_bounds(s: torch.Tensor, max_cond: float | None, min_gap: float | None) -> bool:
-    """True when the descending spectrum ``s`` satisfies s_{k−1}·K ≥ s_0 and every gap ≥ G·s_0."""
+    """True when the descending spectrum ``s`` satisfies s_{k−1}·K ≥ s_0 and every gap ≥ G·s_0.
+
+    The zero matrix has κ₂ = ∞: it fails any condition bound (and meets any gap bound).
+    """
     s = s.detach().to(device="cpu", dtype=torch.float64)
     if s.numel() == 0:
         return True
     s0 = float(s[0])
-    if max_cond is not None and float(s[-1]) * max_cond < s0:
-        return False
+    if max_cond is not None and (s0 == 0.0 or float(s[-1]) * max_cond < s0):
+        return False  # the zero matrix has κ₂ = ∞
     if min_gap is not None and s.numel() > 1:
         return float((s[:-1] - s[1:]).min()) >= min_gap * s0
     return True
