@@ -93,7 +93,9 @@ class Bounds:
         )
 
 
-def _spectrum_facts(s: torch.Tensor, m: int, n: int, storage: torch.dtype) -> dict[str, float | int]:
+def _spectrum_facts(
+    s: torch.Tensor, m: int, n: int, storage: torch.dtype
+) -> dict[str, float | int]:
     """κ₂, min relative neighbour gap and numerical rank of a float64 spectrum (as inspect counts rank)."""
     k = s.numel()
     sigma_max, sigma_min = float(s[0]), float(s[-1])
@@ -226,7 +228,9 @@ def _shards(index: Path) -> list[str]:
     names = sorted(set(weight_map.values()))
     for name in names:
         if Path(name).name != name:
-            raise InputError(f"shard {name!r} is not a plain file name beside the index", path=index)
+            raise InputError(
+                f"shard {name!r} is not a plain file name beside the index", path=index
+            )
     return names
 
 
@@ -277,13 +281,15 @@ def plan_repair(
     """
     for name, value in (("max_cond", bounds.max_cond), ("min_gap", bounds.min_gap)):
         if value is not None and not math.isfinite(value):
-            raise InputError(f"{name} must be a finite number, got {value}")
+            raise InputError(f"{name}={value} is not a finite number")
     if bounds.max_cond is not None and bounds.max_cond < 1.0:
-        raise InputError(f"max_cond must be at least 1 (κ₂ ≥ 1 always), got {bounds.max_cond}")
+        raise InputError(f"max_cond={bounds.max_cond} is below 1; κ₂ ≥ 1 always")
     if bounds.min_gap is not None and not 0.0 <= bounds.min_gap < 1.0:
-        raise InputError(f"min_gap must be in [0, 1) (relative to σ_max), got {bounds.min_gap}")
+        raise InputError(
+            f"min_gap={bounds.min_gap} is outside [0, 1); it is a gap relative to σ_max"
+        )
     if max_elements < 1:
-        raise InputError(f"max_elements must be at least 1, got {max_elements}")
+        raise InputError(f"max_elements={max_elements} is below 1")
     raw = Path(source)
     files = expand_inputs([raw])
     directory = raw.is_dir() or raw.name.endswith(INDEX_SUFFIX)
@@ -390,8 +396,13 @@ def _process(
     matrix = as_matrix(tensor)
     bad = int((~torch.isfinite(matrix)).sum())
     if bad:
-        detail = f"{bad} of {matrix.numel()} entries are NaN or Inf; a non-finite matrix is not repaired"
-        return replace(_base_record(record, Status.NONFINITE, detail), matrix_shape=tuple(matrix.shape))
+        detail = (
+            f"{bad} of {matrix.numel()} entries are NaN or Inf; a non-finite matrix is not repaired"
+        )
+        return replace(
+            _base_record(record, Status.NONFINITE, detail),
+            matrix_shape=(matrix.shape[0], matrix.shape[1]),
+        )
     bounds = plan.bounds.for_dtype(storage)
     stored, fields = _repair_matrix(matrix, storage, bounds)
     if stored is not None and sink is not None:
@@ -424,7 +435,11 @@ def _run_units(plan: RepairPlan, target: Path | None) -> list[TensorRepair]:
 
 def _verify(plan: RepairPlan, target: Path, rows: list[TensorRepair]) -> list[TensorRepair]:
     """Read the written output back; a repaired matrix that misses a bound becomes unreachable."""
-    repaired = {(Path(r.path).name, r.key or ""): i for i, r in enumerate(rows) if r.status is Status.REPAIRED}
+    repaired = {
+        (Path(r.path).name, r.key or ""): i
+        for i, r in enumerate(rows)
+        if r.status is Status.REPAIRED
+    }
     for unit in plan.units:
         if not unit.rewrite:
             continue
@@ -474,7 +489,9 @@ def repair(
         exclude=exclude,
         max_elements=max_elements,
     )
-    result = partial_result = RepairResult((), None if output is None else str(output), False, dry_run, skip_nonfinite)
+    result = partial_result = RepairResult(
+        (), None if output is None else str(output), False, dry_run, skip_nonfinite
+    )
     if dry_run:
         return replace(partial_result, records=tuple(_run_units(plan, None)))
     if output is None:

@@ -40,7 +40,9 @@ def svd_resolution(m: int, n: int, sigma_max: float) -> float:
     return max(m, n) * machine_eps(torch.float64) * sigma_max
 
 
-def assert_meets(values: np.ndarray, shape: tuple[int, int], max_cond: float, min_gap: float) -> None:
+def assert_meets(
+    values: np.ndarray, shape: tuple[int, int], max_cond: float, min_gap: float
+) -> None:
     """Check κ₂ ≤ K and every gap ≥ G·σ_max on a float64 spectrum, up to its resolution."""
     s = np.linalg.svd(values.astype(np.float64).reshape(shape), compute_uv=False)
     tol = svd_resolution(*shape, s[0])
@@ -123,7 +125,10 @@ def test_sample_singular_vectors_are_kept(repaired_sample) -> None:
     u, _, vt = np.linalg.svd(original)
     core = u.T @ stored @ vt.T
     off_diagonal = core - np.diag(np.diag(core))
-    assert np.abs(off_diagonal).max() <= machine_eps(torch.float32) * math.sqrt(32) * np.abs(core).max()
+    assert (
+        np.abs(off_diagonal).max()
+        <= machine_eps(torch.float32) * math.sqrt(32) * np.abs(core).max()
+    )
 
 
 def test_worked_example_inspect_shows_repaired_findings_gone(repaired_sample) -> None:
@@ -167,7 +172,9 @@ def test_sharded_checkpoint(tmp_path: Path) -> None:
         before, after = raw_tensors(source / shard), raw_tensors(out / shard)
         for key in before:
             assert (before[key] == after[key]) == (key not in repaired)
-    stored = svdguard.io.read_tensor(out / weight_map["encoder.layer1.weight"], "encoder.layer1.weight")
+    stored = svdguard.io.read_tensor(
+        out / weight_map["encoder.layer1.weight"], "encoder.layer1.weight"
+    )
     assert_meets(stored.double().numpy(), (16, 16), *default_bounds(torch.float32))
 
 
@@ -336,7 +343,9 @@ def test_pickle_checkpoints_are_refused_with_the_reason(tmp_path: Path) -> None:
 
 
 def test_infeasible_bounds_are_refused_before_writing(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"\[classifier.weight\]: max_cond=2 and min_gap=0.05 cannot hold together"):
+    with pytest.raises(
+        InputError, match=r"\[classifier.weight\]: max_cond=2 and min_gap=0.05 cannot hold together"
+    ):
         repair(CHECKPOINT, tmp_path / "out.safetensors", max_cond=2.0, min_gap=0.05)
     assert list(tmp_path.iterdir()) == []
 

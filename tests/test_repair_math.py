@@ -184,9 +184,9 @@ def test_infeasible_bounds_and_zero_matrix_are_refused() -> None:
         nearest_spectrum(torch.ones(11, dtype=torch.float64), 2.0, 0.06)
     with pytest.raises(InputError, match="σ_max = 0"):
         nearest_spectrum(torch.zeros(3, dtype=torch.float64), 2.0, None)
-    with pytest.raises(InputError, match="max_cond must be at least 1"):
+    with pytest.raises(InputError, match="max_cond=0.5 is below 1"):
         nearest_spectrum(torch.ones(3, dtype=torch.float64), 0.5, None)
-    with pytest.raises(InputError, match=r"min_gap must be in \[0, 1\)"):
+    with pytest.raises(InputError, match=r"min_gap=1.5 is outside \[0, 1\)"):
         nearest_spectrum(torch.ones(3, dtype=torch.float64), None, 1.5)
 
 

@@ -94,11 +94,23 @@ _STYLES = {
 def print_table(console: Console, result: RepairResult) -> None:
     """One row per tensor: status, change, κ₂, min relative gap and rank before → after."""
     table = Table(box=None, pad_edge=False)
-    for column in ("status", "tensor", "shape", "dtype", "‖ΔW‖/‖W‖", "κ₂", "min gap", "rank", "note"):
+    for column in (
+        "status",
+        "tensor",
+        "shape",
+        "dtype",
+        "‖ΔW‖/‖W‖",
+        "κ₂",
+        "min gap",
+        "rank",
+        "note",
+    ):
         table.add_column(column, no_wrap=column != "note")
     for row in result.records:
         table.add_row(
-            f"[{_STYLES[row.status]}]{row.status.value}[/]" if _STYLES[row.status] else row.status.value,
+            f"[{_STYLES[row.status]}]{row.status.value}[/]"
+            if _STYLES[row.status]
+            else row.status.value,
             row.key or row.name,
             "×".join(map(str, row.shape)),
             row.dtype,
@@ -137,11 +149,15 @@ def repair_command(
     ] = None,
     include: Annotated[
         list[str] | None,
-        typer.Option("--include", metavar="GLOB", help="Only tensors whose key matches. Repeatable."),
+        typer.Option(
+            "--include", metavar="GLOB", help="Only tensors whose key matches. Repeatable."
+        ),
     ] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option("--exclude", metavar="GLOB", help="Leave tensors whose key matches. Repeatable."),
+        typer.Option(
+            "--exclude", metavar="GLOB", help="Leave tensors whose key matches. Repeatable."
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Report what would change; write nothing.")

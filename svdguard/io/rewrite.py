@@ -183,9 +183,13 @@ def atomic_directory(target: Path, *, force: bool, inputs: Sequence[Path]) -> It
     """
     check_target(target, force=force, inputs=inputs, directory=True)
     try:
-        temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        temporary = Path(
+            tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        )
     except OSError as err:
-        raise InputError(f"cannot create a directory beside it: {err.strerror}", path=target) from None
+        raise InputError(
+            f"cannot create a directory beside it: {err.strerror}", path=target
+        ) from None
     aside: Path | None = None
     try:
         yield temporary
@@ -195,7 +199,9 @@ def atomic_directory(target: Path, *, force: bool, inputs: Sequence[Path]) -> It
             _fsync(child)
         check_target(target, force=force, inputs=inputs, directory=True)
         if target.exists() or target.is_symlink():
-            aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+            aside = Path(
+                tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old")
+            )
             os.replace(target, aside / "previous")
         os.replace(temporary, target)
         _fsync_directory(target.parent)

@@ -42,9 +42,9 @@ from svdguard.errors import InputError
 
 def _check_bounds(max_cond: float | None, min_gap: float | None) -> None:
     if max_cond is not None and not (max_cond >= 1.0 and not math.isnan(max_cond)):
-        raise InputError(f"max_cond must be at least 1 (κ₂ ≥ 1 always), got {max_cond}")
+        raise InputError(f"max_cond={max_cond} is below 1; κ₂ ≥ 1 always")
     if min_gap is not None and not (0.0 <= min_gap < 1.0):
-        raise InputError(f"min_gap must be in [0, 1) (a gap relative to σ_max), got {min_gap}")
+        raise InputError(f"min_gap={min_gap} is outside [0, 1); it is a gap relative to σ_max")
 
 
 def bounds_feasible(k: int, max_cond: float | None, min_gap: float | None) -> bool:
@@ -72,7 +72,9 @@ def pava_nonincreasing(y: torch.Tensor) -> torch.Tensor:
             total, count = sums.pop(), counts.pop()
             sums[-1] += total
             counts[-1] += count
-    fitted = [total / count for total, count in zip(sums, counts, strict=True) for _ in range(count)]
+    fitted = [
+        total / count for total, count in zip(sums, counts, strict=True) for _ in range(count)
+    ]
     return torch.tensor(fitted, dtype=torch.float64)
 
 
