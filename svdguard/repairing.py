@@ -50,7 +50,7 @@ from svdguard.io.rewrite import (
     open_rewriter,
     refuse_pickle,
 )
-from svdguard.linalg.diagnostics import as_matrix
+from svdguard.linalg.diagnostics import as_matrix, tall
 from svdguard.linalg.repair import bounds_feasible, conditioned_repair, meets_bounds
 
 #: Tries of the repair → round → check loop before a bound is declared unreachable in the
@@ -323,13 +323,18 @@ def _base_record(record: TensorRecord, status: Status, detail: str = "") -> Tens
     )
 
 
+def _float64(matrix: torch.Tensor) -> torch.Tensor:
+    """The matrix in float64 (complex128 when complex): the precision every check runs in."""
+    return matrix.to(torch.complex128 if matrix.is_complex() else torch.float64)
+
+
 def _repair_matrix(
     matrix: torch.Tensor, storage: torch.dtype, bounds: Bounds
 ) -> tuple[torch.Tensor | None, dict[str, Any]]:
     """(stored repaired matrix or None, record fields): the repair → round → check loop."""
     m, n = matrix.shape
-    work = matrix.to(torch.complex128 if matrix.is_complex() else torch.float64)
-    s = torch.linalg.svdvals(work)
+    work = _float64(matrix)
+    s = torch.linalg.svdvals(tall(work))
     facts = _spectrum_facts(s, m, n, storage)
     fields: dict[str, Any] = {
         "matrix_shape": (m, n),
@@ -357,7 +362,7 @@ def _repair_matrix(
             return stored, {**fields, "status": Status.UNREACHABLE, "detail": detail}
         stored = repair.matrix.to(storage)
         stored_work = stored.to(work.dtype)
-        s_after = torch.linalg.svdvals(stored_work)
+        s_after = torch.linalg.svdvals(tall(stored_work))
         after = _spectrum_facts(s_after, m, n, storage)
         change = float(torch.linalg.matrix_norm(stored_work - work)) / float(
             torch.linalg.vector_norm(s)
@@ -372,7 +377,7 @@ def _repair_matrix(
         )
         if meets_bounds(s_after, bounds.max_cond, bounds.min_gap):
             return stored, {**fields, "status": Status.REPAIRED}
-        rounding = float(torch.linalg.matrix_norm(stored_work - repair.matrix, ord=2))
+        rounding = float(torch.linalg.matrix_norm(tall(stored_work - repair.matrix), ord=2))
         margin = max(2.0 * margin, 2.0 * rounding + resolution)
     detail = (
         f"rounding to {str(storage).removeprefix('torch.')} moves the singular values by "
@@ -449,7 +454,7 @@ def _verify(plan: RepairPlan, target: Path, rows: list[TensorRepair]) -> list[Te
             if index is None:
                 continue
             row = rows[index]
-            s = torch.linalg.svdvals(as_matrix(record.load()).to(torch.float64))
+            s = torch.linalg.svdvals(tall(_float64(as_matrix(record.load()))))
             if not meets_bounds(s, row.max_cond, row.min_gap):
                 detail = "the written tensor misses its bound when read back"
                 rows[index] = replace(row, status=Status.UNREACHABLE, detail=detail)

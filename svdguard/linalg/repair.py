@@ -171,6 +171,11 @@ def conditioned_repair(
     work = a.detach().to(torch.complex128 if a.is_complex() else torch.float64)
     if not bool(torch.isfinite(work).all()):
         raise InputError("the matrix holds NaN or Inf entries; a non-finite matrix is not repaired")
+    if work.shape[0] < work.shape[1]:
+        # Repair Aᴴ = V diag(s) Uᴴ and transpose back: the same A′, and torch's CPU SVD is
+        # several times faster on the tall orientation (see diagnostics.tall).
+        flipped = conditioned_repair(work.mH, max_cond, min_gap, margin=margin)
+        return ConditionedRepair(flipped.matrix.mH.resolve_conj(), flipped.before, flipped.after)
     u, s, vh = torch.linalg.svd(work, full_matrices=False)
     target = nearest_spectrum(s, max_cond, min_gap, margin=margin)
     delta = target - s
