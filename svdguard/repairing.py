@@ -50,8 +50,8 @@ from svdguard.io.rewrite import (
     open_rewriter,
     refuse_pickle,
 )
-from svdguard.linalg.diagnostics import as_matrix, tall
-from svdguard.linalg.repair import bounds_feasible, conditioned_repair, meets_bounds
+from svdguard.linalg.diagnostics import as_matrix, dtype_name, tall
+from svdguard.linalg.repair import SpectralEditor, bounds_feasible, meets_bounds
 
 #: Tries of the repair → round → check loop before a bound is declared unreachable in the
 #: storage dtype. Each retry takes η ≥ 2·(measured rounding), so the first retry succeeds
@@ -354,17 +354,19 @@ def _repair_matrix(
     resolution = float(tolerances.tie_tolerance(torch.tensor(sigma_max), torch.float64, m, n))
     margin = resolution
     stored = None
+    editor = SpectralEditor(work)  # one SVD with vectors; every retry reuses it
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            repair = conditioned_repair(work, bounds.max_cond, bounds.min_gap, margin=margin)
+            repair = editor.nearest(bounds.max_cond, bounds.min_gap, margin=margin)
         except InputError as err:  # the margin made the bounds infeasible
-            detail = f"{storage} cannot hold these bounds: {err.message}"
+            detail = f"{dtype_name(storage)} cannot hold these bounds: {err.message}"
             return stored, {**fields, "status": Status.UNREACHABLE, "detail": detail}
         stored = repair.matrix.to(storage)
-        stored_work = stored.to(work.dtype)
-        s_after = torch.linalg.svdvals(tall(stored_work))
+        rounding_error = stored.to(work.dtype) - repair.matrix
+        del repair
+        s_after = torch.linalg.svdvals(tall(stored.to(work.dtype)))
         after = _spectrum_facts(s_after, m, n, storage)
-        change = float(torch.linalg.matrix_norm(stored_work - work)) / float(
+        change = float(torch.linalg.matrix_norm(stored.to(work.dtype) - work)) / float(
             torch.linalg.vector_norm(s)
         )
         fields.update(
@@ -377,10 +379,11 @@ def _repair_matrix(
         )
         if meets_bounds(s_after, bounds.max_cond, bounds.min_gap):
             return stored, {**fields, "status": Status.REPAIRED}
-        rounding = float(torch.linalg.matrix_norm(tall(stored_work - repair.matrix), ord=2))
+        rounding = float(torch.linalg.matrix_norm(tall(rounding_error), ord=2))
+        del rounding_error
         margin = max(2.0 * margin, 2.0 * rounding + resolution)
     detail = (
-        f"rounding to {str(storage).removeprefix('torch.')} moves the singular values by "
+        f"rounding to {dtype_name(storage)} moves the singular values by "
         f"more than the bounds allow after {MAX_ATTEMPTS} attempts"
     )
     return stored, {**fields, "status": Status.UNREACHABLE, "detail": detail}

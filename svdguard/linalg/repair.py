@@ -154,6 +154,48 @@ class ConditionedRepair:
         return change / norm if norm > 0 else 0.0
 
 
+class SpectralEditor:
+    """One SVD of A (float64, complex128 when complex), reused for every target spectrum.
+
+    ``apply(target)`` returns A′ = A + U_J diag(s′_J − s_J) V_Jᴴ over the indices J that
+    move: directions that keep their singular value are not recomputed, so rounding
+    touches only what the bounds require. A wide matrix is decomposed as Aᴴ = V diag(s) Uᴴ
+    (torch's CPU SVD is several times faster on the tall orientation, see
+    ``diagnostics.tall``) and the result transposed back: the same A′.
+    """
+
+    def __init__(self, a: torch.Tensor) -> None:
+        if a.ndim != 2:
+            raise InputError(f"expected a matrix (2-D), got shape {tuple(a.shape)}")
+        work = a.detach().to(torch.complex128 if a.is_complex() else torch.float64)
+        if not bool(torch.isfinite(work).all()):
+            raise InputError(
+                "the matrix holds NaN or Inf entries; a non-finite matrix is not repaired"
+            )
+        self.flipped = work.shape[0] < work.shape[1]
+        self.tall = work.mH if self.flipped else work
+        self.u, self.s, self.vh = torch.linalg.svd(self.tall, full_matrices=False)
+
+    def apply(self, target: torch.Tensor) -> torch.Tensor:
+        """The matrix with these singular vectors and the singular values ``target`` (k,)."""
+        delta = target.to(torch.float64) - self.s
+        moved = torch.nonzero(delta != 0).flatten()
+        if moved.numel() == 0:
+            result = self.tall.clone()
+        else:
+            scaled = self.u.index_select(1, moved)
+            scaled *= delta[moved].to(scaled.dtype)
+            result = torch.addmm(self.tall, scaled, self.vh.index_select(0, moved))
+        return result.mH.resolve_conj() if self.flipped else result
+
+    def nearest(
+        self, max_cond: float | None, min_gap: float | None, *, margin: float = 0.0
+    ) -> ConditionedRepair:
+        """:func:`nearest_spectrum` of this matrix's singular values, applied."""
+        target = nearest_spectrum(self.s, max_cond, min_gap, margin=margin)
+        return ConditionedRepair(self.apply(target), self.s, target)
+
+
 def conditioned_repair(
     a: torch.Tensor,
     max_cond: float | None = None,
@@ -161,29 +203,8 @@ def conditioned_repair(
     *,
     margin: float = 0.0,
 ) -> ConditionedRepair:
-    """:func:`nearest_conditioned` in float64, with both spectra (for reports and retries).
-
-    A′ = A + U_J diag(s′_J − s_J) V_Jᴴ over the indices J that move: the unchanged
-    directions are not recomputed, so rounding touches only what the bounds require.
-    """
-    if a.ndim != 2:
-        raise InputError(f"expected a matrix (2-D), got shape {tuple(a.shape)}")
-    work = a.detach().to(torch.complex128 if a.is_complex() else torch.float64)
-    if not bool(torch.isfinite(work).all()):
-        raise InputError("the matrix holds NaN or Inf entries; a non-finite matrix is not repaired")
-    if work.shape[0] < work.shape[1]:
-        # Repair Aᴴ = V diag(s) Uᴴ and transpose back: the same A′, and torch's CPU SVD is
-        # several times faster on the tall orientation (see diagnostics.tall).
-        flipped = conditioned_repair(work.mH, max_cond, min_gap, margin=margin)
-        return ConditionedRepair(flipped.matrix.mH.resolve_conj(), flipped.before, flipped.after)
-    u, s, vh = torch.linalg.svd(work, full_matrices=False)
-    target = nearest_spectrum(s, max_cond, min_gap, margin=margin)
-    delta = target - s
-    moved = torch.nonzero(delta != 0).flatten()
-    if moved.numel() == 0:
-        return ConditionedRepair(work, s, target)
-    update = (u[:, moved] * delta[moved].to(work.dtype)) @ vh[moved, :]
-    return ConditionedRepair(work + update, s, target)
+    """:func:`nearest_conditioned` in float64 (complex128), with both spectra."""
+    return SpectralEditor(a).nearest(max_cond, min_gap, margin=margin)
 
 
 def nearest_conditioned(
