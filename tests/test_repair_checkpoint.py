@@ -65,6 +65,15 @@ def raw_tensors(path: Path) -> dict[str, bytes]:
         }
 
 
+def compressed_bytes(path: Path, info: zipfile.ZipInfo) -> bytes:
+    """A member's stored (compressed) bytes, found from its local header (ZIP APPNOTE 4.3.7)."""
+    with open(path, "rb") as stream:
+        stream.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", stream.read(4))
+        stream.seek(info.header_offset + 30 + name_length + extra_length)
+        return stream.read(info.compress_size)
+
+
 def default_bounds(dtype: torch.dtype) -> tuple[float, float]:
     """What repair uses when no bound is given: inspect's thresholds (1/√ε_w, √ε_w)."""
     working = torch.float32 if torch.finfo(dtype).bits < 32 else dtype
@@ -222,14 +231,20 @@ def test_npz_members_keep_bytes_order_and_compression(tmp_path: Path, compressed
         Status.UNTOUCHED,
     ]
     with zipfile.ZipFile(source) as old, zipfile.ZipFile(out) as new:
+        assert new.testzip() is None  # every member's CRC-32 checks
         assert [i.filename for i in new.infolist()] == [i.filename for i in old.infolist()]
         for old_info, new_info in zip(old.infolist(), new.infolist(), strict=True):
             assert new_info.compress_type == old_info.compress_type
             assert new_info.date_time == old_info.date_time
-            same = old.read(old_info) == new.read(new_info)
-            assert same == (old_info.filename != "bad.npy")
-            if old_info.filename != "bad.npy":
+            assert new_info.external_attr == old_info.external_attr
+            untouched = old_info.filename != "bad.npy"
+            assert (old.read(old_info) == new.read(new_info)) == untouched
+            if untouched:  # copied raw: the very same compressed bytes
                 assert new_info.CRC == old_info.CRC
+                assert compressed_bytes(out, new_info) == compressed_bytes(source, old_info)
+            else:  # the .npy header is kept, the payload is new
+                header = len(old.read(old_info)) - bad.nbytes
+                assert new.read(new_info)[:header] == old.read(old_info)[:header]
     loaded = np.load(out)
     assert_meets(loaded["bad"], (5, 3), 10.0, 0.05)
 

@@ -4,9 +4,9 @@ A repair changes values, never dtypes or shapes, so the output's layout equals t
 input's. For ``.safetensors`` and ``.npy`` the input is copied in chunks (header bytes
 verbatim) and only the byte range of each replaced tensor is overwritten. An ``.npz`` is
 a zip archive whose members may be compressed: it is rebuilt member by member in the
-input's order, each with its own name, timestamp and compression method; an untouched
-member's uncompressed bytes are streamed through unchanged (so its .npy bytes and CRC-32
-are identical; a deflated member is re-deflated at zlib's default level, numpy's own).
+input's order; an untouched member's compressed bytes are copied raw (same compression,
+same CRC-32), a replaced one keeps its name, timestamp, .npy header and compression
+method.
 
 Outputs are atomic: everything is written into a temporary file or directory beside the
 target, flushed to disk (fsync) and renamed into place; on any exception, Ctrl-C
@@ -28,7 +28,9 @@ import struct
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -329,48 +331,147 @@ class NpyRewriter(_PatchedCopy):
         self._overwrite(key, self.offset, self.offset + len(payload), payload)
 
 
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+_CENTRAL_HEADER = struct.Struct("<4s4B4HL2L5H2L")
+_END_RECORD = struct.Struct("<4s4H2LH")
+_ZIP64_END_RECORD = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_ID = 0x0001
+_ZIP32_LIMIT = 0xFFFFFFFF
+_UTF8_NAME_FLAG = 0x800
+_ZIP64_VERSION = 45
+
+
+def _dos_time(date_time: tuple[int, int, int, int, int, int]) -> tuple[int, int]:
+    year, month, day, hour, minute, second = date_time
+    return hour << 11 | minute << 5 | second // 2, (year - 1980) << 9 | month << 5 | day
+
+
+def _without_zip64(extra: bytes) -> bytes:
+    """The extra field without its zip64 record (sizes and offsets are written afresh)."""
+    kept, position = b"", 0
+    while position + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, position)
+        if tag != _ZIP64_ID:
+            kept += extra[position : position + 4 + size]
+        position += 4 + size
+    return kept
+
+
+@dataclass
+class _Written:
+    """A member as written: what its central-directory record needs."""
+
+    info: zipfile.ZipInfo
+    name: bytes
+    flags: int
+    extra: bytes
+    crc: int
+    compressed: int
+    size: int
+    offset: int
+
+
 class NpzRewriter:
-    """Rebuilds the archive member by member, in order; untouched members stream through."""
+    """Rebuilds the archive in its member order; untouched members are copied raw.
+
+    An untouched member's compressed bytes are copied as they are (same compression,
+    same CRC-32); a replaced member keeps its name, timestamp, attributes, .npy header
+    and compression method (stored or deflated), with the new payload. The local
+    headers carry zip64 sizes (as numpy writes them); the central directory is
+    written afresh with the new offsets.
+    """
 
     def __init__(self, source: Path, target: Path) -> None:
         self.source = source
         try:
             self.archive = zipfile.ZipFile(source)
-            self.members = [i for i in self.archive.infolist() if not i.filename.endswith("/")]
-        except (zipfile.BadZipFile, OSError) as err:
+            members = [i for i in self.archive.infolist() if not i.filename.endswith("/")]
+        except (zipfile.BadZipFile, OSError, ValueError) as err:
             raise InputError(f"not a valid .npz archive: {err}", path=source) from None
-        self.output = zipfile.ZipFile(target, "w")
+        self.members = members  # central-directory order: the order iter_records lists them
+        self.raw: BinaryIO = open(source, "rb")  # noqa: SIM115 - closed by finish()/abort()
+        self.output: BinaryIO = open(target, "wb")  # noqa: SIM115
+        self.written: list[_Written] = []
         self.position = 0
 
-    def _new_info(self, member: zipfile.ZipInfo) -> zipfile.ZipInfo:
-        info = zipfile.ZipInfo(member.filename, date_time=member.date_time)
-        info.compress_type = member.compress_type
-        info.external_attr = member.external_attr
-        info.create_system = member.create_system
-        return info
+    def _local_header(self, entry: _Written) -> bytes:
+        extra = entry.extra + struct.pack("<HHQQ", _ZIP64_ID, 16, entry.size, entry.compressed)
+        time, date = _dos_time(entry.info.date_time)
+        header = _LOCAL_HEADER.pack(
+            b"PK\x03\x04",
+            _ZIP64_VERSION,
+            0,
+            entry.flags,
+            entry.info.compress_type,
+            time,
+            date,
+            entry.crc,
+            _ZIP32_LIMIT,
+            _ZIP32_LIMIT,
+            len(entry.name),
+            len(extra),
+        )
+        return header + entry.name + extra
+
+    def _entry(self, info: zipfile.ZipInfo, crc: int, compressed: int) -> _Written:
+        name = info.filename.encode("utf-8")
+        flags = info.flag_bits & _UTF8_NAME_FLAG
+        if not info.filename.isascii():
+            flags |= _UTF8_NAME_FLAG
+        return _Written(
+            info,
+            name,
+            flags,
+            _without_zip64(info.extra),
+            crc,
+            compressed,
+            info.file_size,
+            self.output.tell(),
+        )
+
+    def _copy_raw(self, info: zipfile.ZipInfo) -> None:
+        self.raw.seek(info.header_offset)
+        fixed = self.raw.read(_LOCAL_HEADER.size)
+        if len(fixed) != _LOCAL_HEADER.size or fixed[:4] != b"PK\x03\x04":
+            raise InputError(f"member {info.filename!r}: bad local header", path=self.source)
+        name_length, extra_length = struct.unpack_from("<HH", fixed, 26)
+        self.raw.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
+        entry = self._entry(info, info.CRC, info.compress_size)
+        self.output.write(self._local_header(entry))
+        try:
+            copy_in_chunks(self.raw, self.output, info.compress_size)
+        except InputError as err:
+            raise InputError(err.message, path=self.source, key=info.filename) from None
+        self.written.append(entry)
 
     def _copy_until(self, name: str | None) -> None:
         while self.position < len(self.members):
             member = self.members[self.position]
             if member.filename == name:
                 return
-            with (
-                self.archive.open(member) as src,
-                self.output.open(self._new_info(member), "w", force_zip64=True) as dst,
-            ):
-                copy_in_chunks(src, dst)  # type: ignore[arg-type]  # ZipExtFile is a BinaryIO
+            self._copy_raw(member)
             self.position += 1
         if name is not None:
-            raise InputError(f"no member {name!r} in the archive", path=self.source)
+            raise InputError(
+                f"no member {name!r} in the archive (or out of order)", path=self.source
+            )
 
     def replace(self, key: str, tensor: torch.Tensor) -> None:
         name = key + ".npy"
         self._copy_until(name)
         member = self.members[self.position]
-        with self.archive.open(member) as src:
-            dtype, fortran_order, offset = _npy_layout(src)  # type: ignore[arg-type]
-        with self.archive.open(member) as src:
-            header = src.read(offset)  # the member's .npy header, verbatim
+        if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise InputError(
+                f"member compressed with method {member.compress_type}; only stored and "
+                "deflated members are rewritten (re-save it with numpy.savez)",
+                path=self.source,
+                key=key,
+            )
+        with self.archive.open(member) as stream:
+            dtype, fortran_order, offset = _npy_layout(stream)  # type: ignore[arg-type]
+        with self.archive.open(member) as stream:
+            header = stream.read(offset)  # the member's .npy header, verbatim
         payload = _npy_payload(tensor, dtype, fortran_order)
         if offset + len(payload) != member.file_size:
             raise InputError(
@@ -379,18 +480,96 @@ class NpzRewriter:
                 path=self.source,
                 key=key,
             )
-        with self.output.open(self._new_info(member), "w", force_zip64=True) as dst:
-            dst.write(header)
-            dst.write(payload)
+        data = header + payload
+        if member.compress_type == zipfile.ZIP_DEFLATED:
+            compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+            stored = compressor.compress(data) + compressor.flush()
+        else:
+            stored = data
+        entry = self._entry(member, zlib.crc32(data), len(stored))
+        self.output.write(self._local_header(entry))
+        self.output.write(stored)
+        self.written.append(entry)
         self.position += 1
+
+    def _central_directory(self) -> None:
+        start = self.output.tell()
+        for entry in self.written:
+            fields = [
+                value
+                for value in (entry.size, entry.compressed, entry.offset)
+                if value >= _ZIP32_LIMIT
+            ]
+            extra = entry.extra
+            if fields:
+                extra += struct.pack(f"<HH{len(fields)}Q", _ZIP64_ID, 8 * len(fields), *fields)
+            time, date = _dos_time(entry.info.date_time)
+            self.output.write(
+                _CENTRAL_HEADER.pack(
+                    b"PK\x01\x02",
+                    _ZIP64_VERSION,
+                    entry.info.create_system,
+                    _ZIP64_VERSION,
+                    0,
+                    entry.flags,
+                    entry.info.compress_type,
+                    time,
+                    date,
+                    entry.crc,
+                    min(entry.compressed, _ZIP32_LIMIT),
+                    min(entry.size, _ZIP32_LIMIT),
+                    len(entry.name),
+                    len(extra),
+                    0,
+                    0,
+                    entry.info.internal_attr,
+                    entry.info.external_attr,
+                    min(entry.offset, _ZIP32_LIMIT),
+                )
+                + entry.name
+                + extra
+            )
+        end = self.output.tell()
+        count, size = len(self.written), end - start
+        if count >= 0xFFFF or start >= _ZIP32_LIMIT or size >= _ZIP32_LIMIT:
+            self.output.write(
+                _ZIP64_END_RECORD.pack(
+                    b"PK\x06\x06",
+                    44,
+                    _ZIP64_VERSION,
+                    _ZIP64_VERSION,
+                    0,
+                    0,
+                    count,
+                    count,
+                    size,
+                    start,
+                )
+            )
+            self.output.write(_ZIP64_LOCATOR.pack(b"PK\x06\x07", 0, end, 1))
+        self.output.write(
+            _END_RECORD.pack(
+                b"PK\x05\x06",
+                0,
+                0,
+                min(count, 0xFFFF),
+                min(count, 0xFFFF),
+                min(size, _ZIP32_LIMIT),
+                min(start, _ZIP32_LIMIT),
+                0,
+            )
+        )
 
     def finish(self) -> None:
         self._copy_until(None)
-        self.output.close()
-        self.archive.close()
+        self._central_directory()
+        self.output.flush()
+        os.fsync(self.output.fileno())
+        self.abort()
 
     def abort(self) -> None:
         self.output.close()
+        self.raw.close()
         self.archive.close()
 
 
