@@ -255,10 +255,12 @@ def _check_feasible(plan: RepairPlan) -> None:
             k = min(record.shape[0], math.prod(record.shape[1:]))
             bounds = plan.bounds.for_dtype(storage)
             if not bounds_feasible(k, bounds.max_cond, bounds.min_gap):
+                defaulted = bounds is not plan.bounds
                 raise InputError(
-                    f"max_cond={bounds.max_cond:.4g} and min_gap={bounds.min_gap:.4g} cannot hold "
-                    f"together for its {k} singular values: they need (k−1)·min_gap ≤ "
-                    "1 − 1/max_cond; lower min_gap or raise max_cond",
+                    ("the default bounds for its dtype, " if defaulted else "")
+                    + f"max_cond={bounds.max_cond:.4g} and min_gap={bounds.min_gap:.4g}, cannot "
+                    f"hold together for its {k} singular values: they need (k−1)·min_gap ≤ "
+                    "1 − 1/max_cond; give a smaller min_gap or exclude the tensor",
                     path=record.path,
                     key=record.key or None,
                 )

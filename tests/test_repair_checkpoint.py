@@ -359,7 +359,8 @@ def test_pickle_checkpoints_are_refused_with_the_reason(tmp_path: Path) -> None:
 
 def test_infeasible_bounds_are_refused_before_writing(tmp_path: Path) -> None:
     with pytest.raises(
-        InputError, match=r"\[classifier.weight\]: max_cond=2 and min_gap=0.05 cannot hold together"
+        InputError,
+        match=r"\[classifier.weight\]: max_cond=2 and min_gap=0.05, cannot hold together",
     ):
         repair(CHECKPOINT, tmp_path / "out.safetensors", max_cond=2.0, min_gap=0.05)
     assert list(tmp_path.iterdir()) == []
@@ -371,3 +372,15 @@ def test_hostile_input_gets_one_line_naming_the_file(tmp_path: Path) -> None:
     with pytest.raises(InputError) as caught:
         repair(source, tmp_path / "out.safetensors")
     assert "bad.safetensors" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_default_bounds_that_cannot_hold_say_they_are_the_defaults(tmp_path: Path) -> None:
+    """float32 working dtype: G = √ε = 3.45e-4, so k ≥ 2898 values cannot all be G·σ_max apart."""
+    source = tmp_path / "wide.safetensors"
+    save_file({"w": torch.zeros(2900, 2900, dtype=torch.float16)}, source)
+    with pytest.raises(
+        InputError, match=r"\[w\]: the default bounds for its dtype, .*2900 singular"
+    ):
+        repair(source, tmp_path / "out.safetensors")
+    result = repair(source, tmp_path / "out.safetensors", max_cond=10.0, dry_run=True)
+    assert result.records[0].status is Status.UNREACHABLE  # all zero, and nothing was refused

@@ -96,7 +96,7 @@ def test_include_selects_tensors(tmp_path: Path) -> None:
     [
         (["--max-cond", "0.5"], "--max-cond 0.5 is below 1"),
         (["--min-gap", "2"], "--min-gap 2.0 is outside [0, 1)"),
-        (["--max-cond", "2", "--min-gap", "0.05"], "--max-cond 2 and --min-gap 0.05 cannot hold"),
+        (["--max-cond", "2", "--min-gap", "0.05"], "--max-cond 2 and --min-gap 0.05, cannot hold"),
     ],
 )
 def test_bad_bounds_are_one_line_usage_errors(

@@ -6,6 +6,7 @@ The per-tensor table (or JSON) goes to stdout, talk to stderr.
 
 from __future__ import annotations
 
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -41,13 +42,14 @@ EPILOG = (
     "130 interrupted."
 )
 
-#: Library parameter spellings → the flags that set them, for messages shown by the CLI.
+#: Library parameter names → the flags that set them, for messages shown by the CLI.
 FLAG_NAMES = {
-    "force=True": "--force",
-    "skip_nonfinite=True": "--skip-nonfinite",
-    "max_cond=": "--max-cond ",
-    "min_gap=": "--min-gap ",
+    "max_cond": "--max-cond",
+    "min_gap": "--min-gap",
+    "skip_nonfinite": "--skip-nonfinite",
+    "force": "--force",
 }
+_PARAMETER = re.compile(r"\b(" + "|".join(FLAG_NAMES) + r")(=True\b|=)?")
 
 
 #: Console width when stdout is not a terminal: the table is printed whole in logs and files.
@@ -60,10 +62,12 @@ class OutputFormat(str, Enum):
 
 
 def in_cli_words(message: str) -> str:
-    """A library message with its parameter names spelled as this command's flags."""
-    for parameter, flag in FLAG_NAMES.items():
-        message = message.replace(parameter, flag)
-    return message
+    """A library message with its parameter names spelled as flags: ``max_cond=2`` → ``--max-cond 2``."""
+
+    def flag(match: re.Match[str]) -> str:
+        return FLAG_NAMES[match[1]] + (" " if match[2] == "=" else "")
+
+    return _PARAMETER.sub(flag, message)
 
 
 def _number(value: float | None, digits: int = 3) -> str:
