@@ -25,29 +25,7 @@ from svdguard.linalg.repair import (
     nearest_spectrum,
     pava_nonincreasing,
 )
-from svdguard.tolerances import machine_eps
-from tests.helpers import with_singular_values
-
-EPS64 = machine_eps(torch.float64)
-
-
-def spectrum_tolerance(k: int, scale: float) -> float:
-    """Agreement of two float64 solutions of a k-value problem: 10·k·ε·scale.
-
-    PAVA's block means sum at most k values (error ≤ k·ε·scale); the active-set
-    reference solves a (2k)×(2k) system with condition number O(k). The factor 10
-    covers both with room, and stays far below any real disagreement (≥ 1e-6 here).
-    """
-    return 10 * k * EPS64 * scale
-
-
-def storage_rounding_tolerance(dtype: torch.dtype, k: int, scale: float) -> float:
-    """How far rounding a matrix with σ_max = ``scale`` to ``dtype`` moves a singular value.
-
-    Weyl: by at most ‖E‖₂ ≤ ‖E‖_F ≤ (ε/2)·‖A′‖_F ≤ (ε/2)·√k·σ_max; twice that covers
-    the float64 SVD used to measure it.
-    """
-    return machine_eps(dtype) * math.sqrt(k) * scale + spectrum_tolerance(k, scale)
+from tests.helpers import spectrum_tolerance, storage_rounding_tolerance, with_singular_values
 
 
 def floor_and_gap(s0: float, max_cond: float | None, min_gap: float | None) -> tuple[float, float]:
@@ -78,6 +56,7 @@ def active_set_reference(s: np.ndarray, floor: float, gap: float) -> np.ndarray:
     rows.append(last)
     rhs.append(floor)
     a_all, b_all = np.array(rows), np.array(rhs)
+    tol = spectrum_tolerance(k, max(abs(s[0]), abs(floor), 1.0))
     best, best_value = None, math.inf
     for size in range(len(rows) + 1):
         for subset in itertools.combinations(range(len(rows)), size):
@@ -85,9 +64,9 @@ def active_set_reference(s: np.ndarray, floor: float, gap: float) -> np.ndarray:
             system = np.block([[np.eye(k - 1), a.T], [a, np.zeros((size, size))]])
             solution = np.linalg.lstsq(system, np.concatenate([y, b]), rcond=None)[0]
             x = solution[: k - 1]
-            if size and np.abs(a @ x - b).max() > 1e-9:
+            if size and np.abs(a @ x - b).max() > tol:
                 continue  # dependent, inconsistent equalities
-            if (a_all @ x - b_all).min() < -1e-9:
+            if (a_all @ x - b_all).min() < -tol:
                 continue
             value = float(((x - y) ** 2).sum())
             if value < best_value:
@@ -134,7 +113,8 @@ def test_projection_inequality_on_a_long_spectrum(seed: int) -> None:
         slack *= rng.uniform(0, 1) * room / slack.sum()
         tail = floor + np.cumsum(np.concatenate([[slack[0]], gap + slack[1:]]))[::-1]
         z = np.concatenate([[s[0]], tail])
-        assert np.diff(z).max() <= -gap + 1e-12 and z[-1] >= floor - 1e-12
+        slack_tol = spectrum_tolerance(k, s[0])
+        assert np.diff(z).max() <= -gap + slack_tol and z[-1] >= floor - slack_tol
         assert np.dot(s - result, z - result) <= spectrum_tolerance(k, s[0]) * s[0]
 
 
@@ -196,9 +176,11 @@ def test_pava_against_brute_force_on_short_sequences() -> None:
     for _ in range(30):
         y = rng.normal(size=int(rng.integers(1, 6)))
         fitted = pava_nonincreasing(torch.from_numpy(y)).numpy()
-        # Prepend a huge fixed s_0 and use floor −1e9: the reference then solves exactly PAVA's problem.
-        reference = active_set_reference(np.concatenate([[1e9], y]), -1e9, 0.0)[1:]
-        np.testing.assert_allclose(fitted, reference, rtol=0, atol=1e-9)
+        # A fixed s_0 and a floor far outside the data (never active): the reference then
+        # solves exactly PAVA's problem.
+        far = 10 * (np.abs(y).max() + 1)
+        reference = active_set_reference(np.concatenate([[far], y]), -far, 0.0)[1:]
+        np.testing.assert_allclose(fitted, reference, rtol=0, atol=spectrum_tolerance(y.size, far))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex128])
