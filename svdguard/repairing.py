@@ -19,7 +19,9 @@ tensor's own dtype and shape. Everything else is copied byte for byte
 
 Exit status (:attr:`RepairResult.exit_status`): 0 every bound met; 1 some bound the
 storage dtype cannot hold (or an all-zero matrix); 2 a non-finite matrix (never
-repaired; the output is then not written unless ``skip_nonfinite``).
+repaired; the output is then not written unless ``skip_nonfinite``). Unusable inputs,
+outputs or bounds raise InputError, an SVD that does not converge NumericalError;
+either way nothing is written.
 
 No rich, no typer: the CLI renders what this returns.
 """
@@ -29,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -38,7 +40,7 @@ from typing import Any
 import torch
 
 from svdguard import tolerances
-from svdguard.errors import InputError, ResourceLimitError
+from svdguard.errors import InputError, NumericalError, ResourceLimitError
 from svdguard.inspection import Selection, skip_reason
 from svdguard.io import DEFAULT_MAX_ELEMENTS, TensorRecord, expand_inputs, iter_records
 from svdguard.io.dtypes import torch_dtype
@@ -418,7 +420,10 @@ def _process(
             matrix_shape=(matrix.shape[0], matrix.shape[1]),
         )
     bounds = plan.bounds.for_dtype(storage)
-    stored, fields = _repair_matrix(matrix, storage, bounds)
+    try:
+        stored, fields = _repair_matrix(matrix, storage, bounds)
+    except torch.linalg.LinAlgError as err:
+        raise NumericalError(f"{record.display_name}: the SVD did not converge ({err})") from None
     if stored is not None and sink is not None:
         sink(record.key, stored.reshape(tensor.shape))
     return replace(_base_record(record, fields.pop("status")), **fields)
@@ -503,11 +508,11 @@ def repair(
         exclude=exclude,
         max_elements=max_elements,
     )
-    result = partial_result = RepairResult(
+    empty = RepairResult(
         (), None if output is None else str(output), False, dry_run, skip_nonfinite
     )
     if dry_run:
-        return replace(partial_result, records=tuple(_run_units(plan, None)))
+        return replace(empty, records=tuple(_run_units(plan, None)))
     if output is None:
         raise InputError("an output path is needed (or a dry run)")
     target = Path(output)
@@ -523,12 +528,6 @@ def repair(
             if any(r.status is Status.NONFINITE for r in rows) and not skip_nonfinite:
                 raise _Abandon
             rows = _verify(plan, temporary, rows)
-        result = replace(partial_result, records=tuple(rows), written=True)
     except _Abandon:
-        result = replace(partial_result, records=tuple(rows))
-    return result
-
-
-def iter_nonfinite(result: RepairResult) -> Iterator[TensorRepair]:
-    """The records that stopped a run (non-finite matrices)."""
-    return (r for r in result.records if r.status is Status.NONFINITE)
+        return replace(empty, records=tuple(rows))  # the temporary output is already removed
+    return replace(empty, records=tuple(rows), written=True)
