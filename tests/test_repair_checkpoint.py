@@ -393,3 +393,39 @@ def test_default_bounds_that_cannot_hold_say_they_are_the_defaults(tmp_path: Pat
         repair(source, tmp_path / "out.safetensors")
     result = repair(source, tmp_path / "out.safetensors", max_cond=10.0, dry_run=True)
     assert result.records[0].status is Status.UNREACHABLE  # all zero, and nothing was refused
+
+
+def _truncated_safetensors(path: Path) -> None:
+    path.write_bytes(CHECKPOINT.read_bytes()[:-100])
+
+
+def _truncated_npy(path: Path) -> None:
+    np.save(path, np.eye(40))
+    path.write_bytes(path.read_bytes()[:-8])
+
+
+def _not_a_zip(path: Path) -> None:
+    path.write_bytes(b"PK\x03\x04" + b"x" * 100)
+
+
+def _bad_npy_header(path: Path) -> None:
+    path.write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': 1}   \n")
+
+
+@pytest.mark.parametrize(
+    ("name", "spoil"),
+    [
+        ("t.safetensors", _truncated_safetensors),
+        ("t.npy", _truncated_npy),
+        ("t.npz", _not_a_zip),
+        ("h.npy", _bad_npy_header),
+    ],
+)
+def test_damaged_inputs_give_one_line_and_leave_nothing(tmp_path: Path, name: str, spoil) -> None:
+    source = tmp_path / name
+    spoil(source)
+    with pytest.raises(InputError) as caught:
+        repair(source, tmp_path / f"out{source.suffix}", max_cond=10.0)
+    message = str(caught.value)
+    assert message.startswith(str(source)) and "\n" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
