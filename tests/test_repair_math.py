@@ -16,6 +16,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from svdguard.errors import InputError
 from svdguard.linalg.repair import (
@@ -220,3 +222,40 @@ def test_nearest_conditioned_rejects_non_matrices_and_nonfinite() -> None:
     bad[0, 1] = math.nan
     with pytest.raises(InputError, match="NaN or Inf"):
         nearest_conditioned(bad, max_cond=10.0)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    values=st.lists(
+        st.sampled_from([0.0, 1e-9, 1e-3, 0.2, 0.5, 0.5, 1.0, 1.0, 2.0]), min_size=2, max_size=6
+    ),
+    max_cond=st.one_of(st.none(), st.sampled_from([1.5, 10.0, 1e4])),
+    gap_fraction=st.one_of(st.none(), st.floats(0.0, 0.95)),
+    margin_fraction=st.sampled_from([0.0, 1e-3]),
+)
+def test_property_optimal_feasible_idempotent(
+    values: list[float],
+    max_cond: float | None,
+    gap_fraction: float | None,
+    margin_fraction: float,
+) -> None:
+    """Ties and zeros (the hard cases): the result is the QP optimum, feasible, and a fixed point."""
+    s = np.sort(np.array(values))[::-1].copy()
+    if s[0] == 0.0:
+        s[0] = 1.0
+    k = s.size
+    room = 1.0 - (0.0 if max_cond is None else 1.0 / max_cond)
+    min_gap = None if gap_fraction is None else gap_fraction * room / (k - 1)
+    eta = margin_fraction * s[0]
+    # The margin's bounds, from the formula of the module docstring, for the reference:
+    floor = 0.0 if max_cond is None else (s[0] + eta) / max_cond + eta
+    gap = 0.0 if min_gap is None else min_gap * (s[0] + eta) + 2 * eta
+    if floor > s[0] - (k - 1) * gap:
+        with pytest.raises(InputError, match="cannot hold together"):
+            nearest_spectrum(torch.from_numpy(s), max_cond, min_gap, margin=eta)
+        return
+    result = nearest_spectrum(torch.from_numpy(s), max_cond, min_gap, margin=eta)
+    tol = spectrum_tolerance(k, s[0])
+    np.testing.assert_allclose(result.numpy(), active_set_reference(s, floor, gap), atol=tol)
+    again = nearest_spectrum(result, max_cond, min_gap)
+    torch.testing.assert_close(again, result, rtol=0, atol=tol)
