@@ -116,3 +116,43 @@ def near_tie_tolerance(gap: float, sigma_max: float, dtype: torch.dtype = torch.
     the gap; nothing computed from the factors can do better.
     """
     return machine_eps(dtype) * sigma_max / gap
+
+
+# --- tolerances of the repair tests ----------------------------------------------------
+
+
+def spectrum_tolerance(k: int, scale: float) -> float:
+    """Agreement of two float64 solutions of a k-value spectrum problem: 10·k·ε·scale.
+
+    PAVA's block means sum at most k values (error ≤ k·ε·scale); an active-set
+    reference solves a (2k)×(2k) system of condition number O(k). The factor 10 covers
+    both, far below any real disagreement of a wrong solution.
+    """
+    return 10 * k * machine_eps(torch.float64) * scale
+
+
+def svd_resolution(m: int, n: int, sigma_max: float) -> float:
+    """Absolute error of a float64 singular value of an m×n matrix: max(m, n)·ε·σ_max.
+
+    Two independent SVDs (torch's, numpy's) may differ by this much, so a bound
+    met by one is checked with the other up to it.
+    """
+    return max(m, n) * machine_eps(torch.float64) * sigma_max
+
+
+def storage_rounding_tolerance(dtype: torch.dtype, k: int, sigma_max: float) -> float:
+    """How far rounding a k-value matrix to ``dtype`` moves one singular value, and more.
+
+    Weyl: at most ‖E‖₂ ≤ ‖E‖_F ≤ (ε/2)·‖A‖_F ≤ (ε/2)·√k·σ_max; twice that, plus
+    :func:`spectrum_tolerance` for the float64 computation that measures it.
+    """
+    return machine_eps(dtype) * k**0.5 * sigma_max + spectrum_tolerance(k, sigma_max)
+
+
+def norm_agreement_tolerance(count: int) -> float:
+    """Relative agreement of two float64 Frobenius norms of the same ``count`` entries.
+
+    Recursive summation of ``count`` squares has relative error ≤ count·ε; the two
+    libraries may sum in different orders.
+    """
+    return count * machine_eps(torch.float64)
