@@ -17,7 +17,7 @@ there through /proc/self/clear_refs, so the peak is the run's own):
 
 * ``svdvals``: every matrix loaded and ``torch.linalg.svdvals`` in float64 on the
   tall orientation: the plain pass every repair needs to find what violates;
-* ``repair``: ``svdguard.repairing.repair(..., max_cond=--max-cond)``, writing the
+* ``repair``: ``svdguard.app.repairing.repair(..., max_cond=--max-cond)``, writing the
   output (chunked copy, repaired ranges overwritten, fsync, read-back verification).
 
 Printed: seconds, the ratio repair/svdvals, and peak RSS above that baseline beside
@@ -70,7 +70,7 @@ MEASURE = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(1)
-from svdguard.repairing import Status, repair
+from svdguard.app.repairing import Status, repair
 from svdguard.io import iter_records
 from svdguard.linalg.diagnostics import as_matrix, tall
 what, source, target = sys.argv[1:4]

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from svdguard import __version__
-from svdguard.cli import grad_cmd, inspect_cmd, run_cmd
+from svdguard.cli import grad_cmd, inspect_cmd, repair_cmd, run_cmd
 from svdguard.cli.error_boundary import CliState
 from svdguard.cli.exit_codes import EPILOG
 
@@ -54,6 +54,7 @@ def _root(
 
 app.command("inspect", help=inspect_cmd.HELP, epilog=EPILOG)(inspect_cmd.run)
 app.command("grad", epilog=grad_cmd.EPILOG)(grad_cmd.run)
+app.command("repair", help=repair_cmd.HELP, epilog=repair_cmd.EPILOG)(repair_cmd.run)
 app.command(
     "run", help=run_cmd.HELP, epilog=run_cmd.EPILOG, context_settings=run_cmd.CONTEXT_SETTINGS
 )(run_cmd.run)

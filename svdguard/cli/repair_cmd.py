@@ -10,16 +10,20 @@ import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from svdguard.cli import exit_codes
-from svdguard.cli.guard import guarded, say
+from svdguard.cli.console import make_console
+from svdguard.cli.error_boundary import guarded, say
 from svdguard.errors import InputError
-from svdguard.repairing import RepairResult, Status, TensorRepair, repair
+
+if TYPE_CHECKING:  # torch is imported when the command runs, not for --help
+    from svdguard.app.repairing import RepairResult, TensorRepair
 
 HELP = """Write the nearest well-posed copy of INPUT to OUTPUT; every other byte unchanged.
 
@@ -52,10 +56,6 @@ FLAG_NAMES = {
 _PARAMETER = re.compile(r"\b(" + "|".join(FLAG_NAMES) + r")(=True\b|=)?")
 
 
-#: Console width when stdout is not a terminal: the table is printed whole in logs and files.
-PIPE_WIDTH = 200
-
-
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
@@ -70,12 +70,10 @@ def in_cli_words(message: str) -> str:
     return _PARAMETER.sub(flag, message)
 
 
-def _number(value: float | None, digits: int = 3) -> str:
-    if value is None:
-        return "—"
-    if value == float("inf"):
-        return "∞"
-    return f"{value:.{digits}g}"
+def _number(value: float | None) -> str:
+    from svdguard.app.formatting import format_number
+
+    return format_number(value)
 
 
 def _arrow(before: float | int | None, after: float | int | None) -> str:
@@ -86,12 +84,13 @@ def _arrow(before: float | int | None, after: float | int | None) -> str:
     return f"{_number(before)} → {_number(after)}"
 
 
+#: Rich style of each ``Status`` value (by its string, so that this module needs no torch).
 _STYLES = {
-    Status.REPAIRED: "green",
-    Status.UNREACHABLE: "bold red",
-    Status.NONFINITE: "bold red",
-    Status.UNTOUCHED: "",
-    Status.SKIPPED: "dim",
+    "repaired": "green",
+    "unreachable": "bold red",
+    "nonfinite": "bold red",
+    "untouched": "",
+    "skipped": "dim",
 }
 
 
@@ -112,17 +111,15 @@ def print_table(console: Console, result: RepairResult) -> None:
         table.add_column(column, no_wrap=column != "note")
     for row in result.records:
         table.add_row(
-            f"[{_STYLES[row.status]}]{row.status.value}[/]"
-            if _STYLES[row.status]
-            else row.status.value,
-            row.key or row.name,
+            Text(row.status.value, style=_STYLES.get(row.status.value, "")),
+            Text(row.key or row.name),
             "×".join(map(str, row.shape)),
-            row.dtype,
-            _number(row.rel_change, 2),
+            Text(row.dtype),
+            _number(row.rel_change),
             _arrow(row.cond_before, row.cond_after),
             _arrow(row.rel_min_gap_before, row.rel_min_gap_after),
             _arrow(row.rank_before, row.rank_after),
-            in_cli_words(row.detail),
+            Text(in_cli_words(row.detail)),
         )
     console.print(table)
 
@@ -178,6 +175,8 @@ def repair_command(
         ),
     ] = False,
 ) -> None:
+    from svdguard.app.repairing import Status, repair
+
     if output is None and not dry_run:
         raise InputError("give the output path with -o/--output (or use --dry-run)")
     try:
@@ -197,10 +196,7 @@ def repair_command(
     if output_format is OutputFormat.json:
         sys.stdout.write(result.to_json())
     else:
-        console = Console(highlight=False, soft_wrap=False)
-        if not console.is_terminal:
-            console = Console(highlight=False, soft_wrap=False, width=PIPE_WIDTH)
-        print_table(console, result)
+        print_table(make_console(), result)
     for row in result.records:
         if row.status is Status.NONFINITE and not skip_nonfinite:
             say(f"svdguard: error: {_explain(row)} (pass --skip-nonfinite to copy it unchanged)")

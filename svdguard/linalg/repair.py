@@ -215,7 +215,7 @@ def nearest_conditioned(
     Same singular vectors as ``a``, singular values from :func:`nearest_spectrum`
     (docs/repair.md states the problem and its optimality). Computed in float64
     (complex128), returned in ``a``'s dtype (rounding there may move the singular
-    values by about ε(dtype)·σ_max; ``svdguard.repairing`` re-checks and compensates).
+    values by about ε(dtype)·σ_max; ``svdguard.app.repairing`` re-checks and compensates).
 
     >>> import torch
     >>> a = torch.diag(torch.tensor([1.0, 1.0, 1e-6], dtype=torch.float64))

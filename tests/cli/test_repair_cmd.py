@@ -13,20 +13,14 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from svdguard.cli.repair_cmd import EPILOG, HELP, run
 from svdguard.tolerances import machine_eps
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_data"
 CHECKPOINT = SAMPLES / "checkpoint.safetensors"
 
 
 def make_app() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.command("repair", help=HELP, epilog=EPILOG)(run)
-
-    @app.callback()
-    def _root() -> None:
-        """Group callback so the command keeps its name."""
+    from svdguard.cli.app import app
 
     return app
 

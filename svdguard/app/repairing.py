@@ -40,8 +40,10 @@ from typing import Any
 import torch
 
 from svdguard import tolerances
+from svdguard.app.formatting import to_json
+from svdguard.app.inspection import Selection, skip_reason
+from svdguard.app.report import SCHEMA_VERSION
 from svdguard.errors import InputError, NumericalError, ResourceLimitError
-from svdguard.inspection import Selection, skip_reason
 from svdguard.io import DEFAULT_MAX_ELEMENTS, TensorRecord, expand_inputs, iter_records
 from svdguard.io.dtypes import torch_dtype
 from svdguard.io.rewrite import (
@@ -52,8 +54,8 @@ from svdguard.io.rewrite import (
     open_rewriter,
     refuse_pickle,
 )
-from svdguard.linalg.diagnostics import as_matrix, dtype_name, tall
 from svdguard.linalg.repair import SpectralEditor, bounds_feasible, meets_bounds
+from svdguard.linalg.spectrum_analysis import as_matrix, dtype_name, tall
 
 #: Tries of the repair → round → check loop before a bound is declared unreachable in the
 #: storage dtype. Each retry takes η ≥ 2·(measured rounding), so the first retry succeeds
@@ -78,8 +80,8 @@ class Bounds:
     """κ₂ ≤ ``max_cond`` and s_i − s_{i+1} ≥ ``min_gap``·σ_max; None = no such bound.
 
     When both are None the defaults are those ``inspect`` flags against, from the
-    tensor's working dtype: :func:`tolerances.inspect_max_cond` and the relative
-    near-degenerate gap √ε_w (:func:`tolerances.inspect_near_degenerate_tolerance`).
+    tensor's working dtype: κ₂ ≤ :func:`tolerances.default_max_cond` (1/√ε_w) and the
+    relative near-degenerate gap √ε_w (:func:`tolerances.inspect_near_degenerate_tolerance`).
     """
 
     max_cond: float | None = None
@@ -90,7 +92,7 @@ class Bounds:
             return self
         working = tolerances.compute_dtype(storage)
         return Bounds(
-            max_cond=tolerances.inspect_max_cond(working),
+            max_cond=tolerances.default_max_cond(working),
             min_gap=tolerances.inspect_near_degenerate_tolerance(1.0, working),
         )
 
@@ -139,21 +141,10 @@ class TensorRepair:
             value = getattr(self, name)
             if isinstance(value, Enum):
                 value = value.value
-            elif isinstance(value, float):
-                value = json_float(value)
             elif isinstance(value, tuple):
                 value = list(value)
             row[name] = value
         return row
-
-
-def json_float(value: float) -> float | str:
-    """A float for JSON: finite as a number, otherwise ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return value
 
 
 @dataclass(frozen=True)
@@ -187,6 +178,8 @@ class RepairResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": "svdguard repair",
             "output": self.output,
             "written": self.written,
             "dry_run": self.dry_run,
@@ -196,7 +189,8 @@ class RepairResult:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        """The shared strict JSON encoding (non-finite numbers as "NaN"/"Infinity" strings)."""
+        return to_json(self.to_dict())
 
 
 # --- plan -------------------------------------------------------------------------------

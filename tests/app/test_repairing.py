@@ -1,4 +1,4 @@
-"""``svdguard.repairing.repair`` on files: bounds met in the storage dtype, every other byte kept.
+"""``svdguard.app.repairing.repair`` on files: bounds met in the storage dtype, every other byte kept.
 
 References: safetensors' own reader (safe_open) and the raw header bytes, numpy.load,
 zipfile, numpy's SVD, and ``svdguard.inspect`` for the worked example of docs/repair.md.
@@ -21,13 +21,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import svdguard
+from svdguard.app.repairing import Status, repair
 from svdguard.errors import InputError
 from svdguard.io import rewrite
-from svdguard.repairing import Status, repair
 from svdguard.tolerances import machine_eps
 from tests.helpers import norm_agreement_tolerance, svd_resolution, with_singular_values
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_data"
 CHECKPOINT = SAMPLES / "checkpoint.safetensors"
 
 
