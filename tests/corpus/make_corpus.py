@@ -147,25 +147,25 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             "st_invalid_json.safetensors",
             safetensors_bytes(b'{"w": {"dtype": '),
             InputError,
-            "not valid UTF-8 JSON",
+            "the header is not valid JSON",
         ),
         (
             "st_not_utf8.safetensors",
             safetensors_bytes(b'{"\xff\xfe": 1}'),
             InputError,
-            "not valid UTF-8 JSON",
+            "the header is not valid UTF-8",
         ),
         (
             "st_header_not_dict.safetensors",
             safetensors_bytes([1, 2, 3]),
             InputError,
-            "not a JSON object (got array)",
+            "the header is a JSON array, not an object",
         ),
         (
             "st_entry_not_dict.safetensors",
             safetensors_bytes({"w": 5}),
             InputError,
-            "entry is not a JSON object (got number)",
+            "the entry is a JSON number, not an object",
         ),
         (
             "st_unknown_dtype.safetensors",
@@ -197,13 +197,13 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             "st_offsets_reversed.safetensors",
             safetensors_bytes({"w": {**st_entry, "data_offsets": [64, 0]}}, f32_4x4),
             InputError,
-            "end before they begin",
+            "ends before it begins",
         ),
         (
             "st_offsets_out_of_range.safetensors",
             safetensors_bytes({"w": {**st_entry, "data_offsets": [10**15, 10**15 + 64]}}, f32_4x4),
             InputError,
-            "data_offsets end at byte",
+            "leaves a gap",
         ),
         (
             "st_byte_count_mismatch.safetensors",
@@ -216,10 +216,15 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             safetensors_bytes(
                 {"w": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 4 * 10**12]}}
             ),
-            ResourceLimitError,
-            "1,000,000,000,000 elements",
+            InputError,
+            "the data section is cut short",
         ),
-        ("st_truncated_payload.safetensors", valid_st[:-20], InputError, "payload truncated"),
+        (
+            "st_truncated_payload.safetensors",
+            valid_st[:-20],
+            InputError,
+            "the data section is cut short",
+        ),
         # --- npy -------------------------------------------------------------------------
         ("npy_bad_magic.npy", b"\x93NUMPZ\x01\x00" + valid_npy[8:], InputError, "bad magic"),
         ("npy_truncated_header.npy", valid_npy[:40], InputError, "ends inside the header"),
@@ -298,7 +303,7 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             "npz_non_npy_member.npz",
             _npz_bytes({"w.npy": valid_npy, "README.txt": b"hi"}),
             InputError,
-            "member 'README.txt' is not a .npy array",
+            "member 'README.txt': not a .npy array",
         ),
         ("npz_corrupt_member.npz", bytes(corrupt_member), InputError, "corrupt member"),
         (
@@ -330,7 +335,7 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             "idx_invalid_json.safetensors.index.json",
             b'{"weight_map": {',
             InputError,
-            "not valid UTF-8 JSON",
+            "the file is not valid JSON",
         ),
         (
             "idx_no_weight_map.safetensors.index.json",
@@ -348,7 +353,7 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             "idx_shard_missing.safetensors.index.json",
             _index({"w": "missing-00001-of-00001.safetensors"}),
             InputError,
-            "'missing-00001-of-00001.safetensors' is missing",
+            "the shard 'missing-00001-of-00001.safetensors' named by",
         ),
         (
             "idx_shard_outside.safetensors.index.json",
