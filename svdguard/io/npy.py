@@ -159,8 +159,8 @@ def parse_header(head: bytes, *, path: str | Path, key: str | None = None) -> Np
 def read_header(stream: ByteStream, *, path: str | Path, key: str | None = None) -> NpyHeader:
     """Parse a .npy header from ``stream`` (positioned at its start); InputError if malformed.
 
-    Reads at most MAX_PREFIX_BYTES; the stream is left at the payload's start
-    only when it is seekable (callers of the payload reopen or seek).
+    Reads at most MAX_PREFIX_BYTES, so the stream may be left past the
+    header: callers seek to ``header.data_offset`` before the payload.
     """
     return parse_header(stream.read(MAX_PREFIX_BYTES), path=path, key=key)
 
@@ -189,6 +189,20 @@ def check_loadable(header: NpyHeader, *, path: str | Path, key: str | None) -> n
     return dtype
 
 
+def check_payload_size(
+    header: NpyHeader, available: int, *, path: str | Path, key: str | None
+) -> None:
+    """InputError when fewer than the declared payload bytes follow the header (object: no check)."""
+    if header.dtype.hasobject or available >= header.nbytes:
+        return
+    raise InputError(
+        f"payload truncated: the header declares shape {header.shape} {header.dtype_name} "
+        f"({header.nbytes:,} bytes) but only {available:,} bytes follow; re-save the file",
+        path=path,
+        key=error_key(key),
+    )
+
+
 def read_payload(
     stream: ByteStream,
     header: NpyHeader,
@@ -204,15 +218,9 @@ def read_payload(
     from svdguard.io.payload import numpy_bytes_to_tensor, read_exact
 
     dtype = check_loadable(header, path=path, key=key)
-    nbytes = header.nbytes
-    if available is not None and available < nbytes:
-        raise InputError(
-            f"payload truncated: the header declares shape {header.shape} {header.dtype_name} "
-            f"({nbytes:,} bytes) but only {available:,} bytes follow; re-save the file",
-            path=path,
-            key=error_key(key),
-        )
-    buffer = read_exact(stream, nbytes, path=path, key=error_key(key), what="payload")
+    if available is not None:
+        check_payload_size(header, available, path=path, key=key)
+    buffer = read_exact(stream, header.nbytes, path=path, key=error_key(key), what="payload")
     try:
         return numpy_bytes_to_tensor(
             buffer, dtype, header.shape, fortran_order=header.fortran_order
@@ -233,9 +241,16 @@ def _open(path: Path) -> BufferedReader:
 
 
 def iter_npy_records(path: Path, *, max_elements: int) -> list[TensorRecord]:
-    """The one record of a .npy file (header parsed now, payload read by load())."""
+    """The one record of a .npy file (header parsed now, payload read by load()).
+
+    A payload shorter than the header declares makes the file invalid (numpy
+    refuses it too) whatever its size: a 100-byte file that declares a 8 TB
+    array is corrupt, not too large.
+    """
     with _open(path) as stream:
         header = read_header(stream, path=path)
+        size = stream.seek(0, 2)
+    check_payload_size(header, size - header.data_offset, path=path, key=None)
     return [TensorRecord(path, "", header.shape, header.dtype_name, max_elements, _load_npy)]
 
 
