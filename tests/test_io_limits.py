@@ -95,7 +95,9 @@ def test_valid_but_too_large_is_a_resource_limit(
         stream.write(header)
         stream.truncate(len(header) + numel)  # a sparse file: no disk blocks written
     st_path = tmp_path / "big.safetensors"
-    st_header = safetensors_bytes({"w": {"dtype": "U8", "shape": [numel], "data_offsets": [0, numel]}})
+    st_header = safetensors_bytes(
+        {"w": {"dtype": "U8", "shape": [numel], "data_offsets": [0, numel]}}
+    )
     with open(st_path, "wb") as stream:
         stream.write(st_header)
         stream.truncate(len(st_header) + numel)

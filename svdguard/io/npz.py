@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import struct
 import zipfile
-from collections import Counter
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -144,7 +144,9 @@ class MemberStream:
         try:
             extra = self.read(1)
         except zlib.error as err:
-            raise _corrupt(f"its compressed data is damaged ({err})", self._path, self._key) from None
+            raise _corrupt(
+                f"its compressed data is damaged ({err})", self._path, self._key
+            ) from None
         if extra or self._position != self._member.file_size:
             raise _corrupt(
                 "it holds more bytes than its .npy header declares", self._path, self._key
@@ -172,8 +174,7 @@ def _member(info: zipfile.ZipInfo, duplicated: set[str], path: Path) -> Member:
     name = info.filename
     if not name.endswith(MEMBER_SUFFIX):
         raise InputError(
-            "not a .npy array; an .npz archive holds only .npy members "
-            "(write it with numpy.savez)",
+            "not a .npy array; an .npz archive holds only .npy members (write it with numpy.savez)",
             path=path,
             key=name,
         )

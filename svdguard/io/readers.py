@@ -11,7 +11,7 @@ records) at the end.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,10 @@ from svdguard.io.torch_format import iter_torch_records
 if TYPE_CHECKING:
     import torch
 
-_READERS = {
+#: A format's lister: the records of one file, and (.npz) its failed members.
+Lister = Callable[..., Sequence[TensorRecord | FailedUnit]]
+
+_READERS: dict[str, Lister] = {
     ".npy": iter_npy_records,
     ".npz": iter_npz_records,
     ".safetensors": iter_safetensors_records,
@@ -191,8 +194,7 @@ def find_record(
         else ""
     )
     raise InputError(
-        f"no tensor named {key!r}; available: {_list_keys([r.key for r in records])}"
-        + unreadable,
+        f"no tensor named {key!r}; available: {_list_keys([r.key for r in records])}" + unreadable,
         path=path,
         key=key,
     )

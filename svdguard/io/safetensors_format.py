@@ -118,8 +118,7 @@ def _parse_entry(key: str, entry: object, path: Path) -> tuple[str, str, list[in
     code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(code, str) or code not in DTYPE_BITS:
         raise _bad(
-            f"tensor {key!r}: unknown dtype {code!r} (the format defines "
-            f"{', '.join(DTYPE_BITS)})",
+            f"tensor {key!r}: unknown dtype {code!r} (the format defines {', '.join(DTYPE_BITS)})",
             path,
         )
     if not isinstance(shape, list) or not all(_is_usize(dim) for dim in shape):
@@ -140,7 +139,9 @@ def _read_raw_header(path: Path) -> tuple[bytes, int]:
             stream.seek(0)
             prefix = stream.read(_LENGTH.size)
             if len(prefix) < _LENGTH.size:
-                raise _bad(f"the file has {len(prefix)} bytes, fewer than the 8-byte length prefix", path)
+                raise _bad(
+                    f"the file has {len(prefix)} bytes, fewer than the 8-byte length prefix", path
+                )
             (length,) = _LENGTH.unpack(prefix)
             if length > MAX_SAFETENSORS_HEADER_BYTES:
                 raise ResourceLimitError(
@@ -185,11 +186,12 @@ def read_header(path: Path) -> list[SafetensorsEntry]:
     position = 0
     for key, code, shape, begin, end in parsed:
         if begin != position or end < begin:
-            problem = "overlaps the tensor before it" if begin < position else "leaves a gap"
             if end < begin:
-                problem = "ends before it begins"
+                defect = "ends before it begins"
+            else:
+                defect = "overlaps the tensor before it" if begin < position else "leaves a gap"
             raise _bad(
-                f"tensor {key!r}: data_offsets [{begin}, {end}] {problem} (the data section "
+                f"tensor {key!r}: data_offsets [{begin}, {end}] {defect} (the data section "
                 f"must be tiled without gaps; the previous tensor ends at {position})",
                 path,
             )

@@ -66,9 +66,7 @@ def parse_json(raw: bytes) -> object:
     except UnicodeDecodeError as err:
         raise JsonProblem(f"not valid UTF-8 (byte {err.start})") from None
     try:
-        document = json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants
-        )
+        document = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except json.JSONDecodeError as err:
         raise JsonProblem(
             f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
