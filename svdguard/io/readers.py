@@ -19,6 +19,7 @@ from svdguard.errors import InputError
 from svdguard.io.limits import DEFAULT_MAX_ELEMENTS
 from svdguard.io.npy import iter_npy_records
 from svdguard.io.npz import iter_npz_records
+from svdguard.io.paths import describe_missing
 from svdguard.io.records import FailedUnit, TensorRecord, register_lookup
 from svdguard.io.safetensors_format import iter_safetensors_records
 from svdguard.io.sharded import INDEX_SUFFIXES, is_index, iter_sharded_units, shard_of
@@ -49,7 +50,7 @@ LISTED_KEYS = 20
 def _check_file(path: Path) -> None:
     try:
         if not path.exists():
-            raise InputError("no such file; check the path", path=path)
+            raise InputError(describe_missing(path), path=path)
         if path.is_dir():
             raise InputError("is a directory, not a tensor file", path=path)
         if path.stat().st_size == 0:

@@ -113,8 +113,71 @@ def _torch_bytes(obj: object) -> bytes:
     return buffer.getvalue()
 
 
+#: The inflated size of the deflate bomb's member: far beyond its 8-element header, small to build.
+DEFLATE_BOMB_BYTES = 16 * 2**20
+#: Nesting of the shared-dict pickle: 2**40 paths if walked naively, 40 steps when walked once.
+SHARED_DICT_LEVELS = 40
+#: Side of the stride-0 expanded matrix: 10**10 elements, beyond DEFAULT_MAX_ELEMENTS.
+EXPAND_BOMB_SIDE = 100_000
+
+
+def deflate_bomb_npz() -> bytes:
+    """An .npz whose member declares 8 float64 values but inflates to DEFLATE_BOMB_BYTES."""
+    header = _npy_of(np.zeros(8))
+    buffer = io.BytesIO()
+    with (
+        zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+        archive.open("w.npy", "w") as member,
+    ):
+        member.write(header)
+        zeros = bytes(2**20)
+        for _ in range(DEFLATE_BOMB_BYTES // len(zeros)):
+            member.write(zeros)
+    return buffer.getvalue()
+
+
+def shared_dict_pt(levels: int = SHARED_DICT_LEVELS) -> bytes:
+    """d = {"a": d, "b": d}, ``levels`` deep, around one tensor: a 2 KB pickle of 2**levels paths."""
+    tree: dict[str, object] = {"w": torch.arange(4.0).reshape(2, 2)}
+    for _ in range(levels):
+        tree = {"a": tree, "b": tree}
+    return _torch_bytes(tree)
+
+
+def expand_bomb_pt(side: int = EXPAND_BOMB_SIDE) -> bytes:
+    """torch.ones(1).expand(side, side) saved by torch.save: one stored float, side² elements."""
+    return _torch_bytes({"w": torch.ones(1).expand(side, side)})
+
+
+def deflated_pickle_pt() -> bytes:
+    """A torch.save archive re-packed with every member deflated (data.pkl included)."""
+    original = zipfile.ZipFile(io.BytesIO(_torch_bytes({"w": torch.eye(3)})))
+    result = io.BytesIO()
+    with zipfile.ZipFile(result, "w", compression=zipfile.ZIP_DEFLATED) as target:
+        for info in original.infolist():
+            target.writestr(info.filename, original.read(info.filename))
+    return result.getvalue()
+
+
+def _cyclic_pt() -> bytes:
+    state: dict[str, object] = {"w": torch.eye(2)}
+    state["self"] = state
+    return _torch_bytes(state)
+
+
+def _make_dangling_link_directory(path: Path) -> None:
+    path.mkdir(exist_ok=True)
+    (path / "w.npy").write_bytes(_npy_of(np.eye(2)))
+    link = path / "x.npy"
+    if not link.is_symlink():
+        link.symlink_to(path / "deleted.npy")
+
+
 def _index(weight_map: object) -> bytes:
     return json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+
+
+TERA = 10**12
 
 
 def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], type | None, str]]:
@@ -225,6 +288,98 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             InputError,
             "the data section is cut short",
         ),
+        (
+            "st_gap_between_tensors.safetensors",
+            safetensors_bytes(
+                {"a": st_entry, "b": {**st_entry, "data_offsets": [80, 144]}}, f32_4x4 * 3
+            ),
+            InputError,
+            "leaves a gap",
+        ),
+        (
+            "st_trailing_bytes.safetensors",
+            valid_st + b"\0" * 16,
+            InputError,
+            "has bytes no tensor claims",
+        ),
+        (
+            "st_unknown_dtype_far_offsets.safetensors",
+            safetensors_bytes(
+                {"w": {"dtype": "Q9", "shape": [2], "data_offsets": [10**15, 10**15 + 8]}}
+            ),
+            InputError,
+            "unknown dtype 'Q9'",
+        ),
+        (
+            "st_declares_4tb.safetensors",
+            safetensors_bytes(
+                {"w": {"dtype": "F32", "shape": [TERA], "data_offsets": [0, 4 * TERA]}}
+            ),
+            InputError,
+            "cut short",
+        ),
+        (
+            "st_duplicate_keys.safetensors",
+            safetensors_bytes(
+                b'{"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}, '
+                b'"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}',
+                f32_4x4,
+            ),
+            InputError,
+            "appears twice",
+        ),
+        (
+            "st_huge_integer.safetensors",
+            safetensors_bytes(
+                b'{"w": {"dtype": "F32", "shape": ['
+                + b"9" * 5000
+                + b'], "data_offsets": [0, 64]}}',
+                f32_4x4,
+            ),
+            InputError,
+            "a number Python refuses",
+        ),
+        (
+            "st_nan_literal.safetensors",
+            safetensors_bytes(
+                b'{"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64], "x": NaN}}',
+                f32_4x4,
+            ),
+            InputError,
+            "NaN is not a JSON value",
+        ),
+        (
+            "st_lone_surrogate_key.safetensors",
+            safetensors_bytes(
+                b'{"\\ud800": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}', f32_4x4
+            ),
+            InputError,
+            "lone UTF-16 surrogate",
+        ),
+        (
+            "st_metadata_not_strings.safetensors",
+            safetensors_bytes({"__metadata__": {"epoch": 3}, "w": st_entry}, f32_4x4),
+            InputError,
+            "__metadata__ must map strings to strings",
+        ),
+        (
+            "st_fp8_e4m3.safetensors",
+            safetensors_bytes(
+                {"w": {"dtype": "F8_E4M3", "shape": [2, 2], "data_offsets": [0, 4]}},
+                bytes([0x38, 0x40, 0x00, 0xB8]),  # 1, 2, 0, -1 in e4m3
+            ),
+            None,
+            "",
+        ),
+        (
+            "st_fp8_e5m2.safetensors",
+            safetensors_bytes(
+                {"w": {"dtype": "F8_E5M2", "shape": [2, 2], "data_offsets": [0, 4]}},
+                bytes([0x3C, 0x40, 0x00, 0xBC]),  # 1, 2, 0, -1 in e5m2
+            ),
+            None,
+            "",
+        ),
         # --- npy -------------------------------------------------------------------------
         ("npy_bad_magic.npy", b"\x93NUMPZ\x01\x00" + valid_npy[8:], InputError, "bad magic"),
         ("npy_truncated_header.npy", valid_npy[:40], InputError, "ends inside the header"),
@@ -286,6 +441,24 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             InputError,
             "not a numpy dtype",
         ),
+        (
+            "npy_subarray_dtype.npy",
+            npy_bytes(
+                "{'descr': ('<f8', (3,)), 'fortran_order': False, 'shape': (2,), }", b"\0" * 48
+            ),
+            InputError,
+            "sub-array dtype",
+        ),
+        (
+            "npy_header_beyond_numpy_limit.npy",
+            npy_bytes(
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }" + " " * 20_000,
+                b"\0" * 16,
+                version=2,
+            ),
+            ResourceLimitError,
+            "exceeds the limit of 10,000",
+        ),
         # --- npz -------------------------------------------------------------------------
         (
             "npz_not_a_zip.npz",
@@ -330,6 +503,12 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             InputError,
             "bad magic",
         ),
+        (
+            "npz_deflate_bomb.npz",
+            deflate_bomb_npz(),
+            InputError,
+            "bytes more than its header declares",
+        ),
         # --- sharded index ---------------------------------------------------------------
         (
             "idx_invalid_json.safetensors.index.json",
@@ -373,6 +552,36 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             InputError,
             "does not hold: not_there",
         ),
+        (
+            "idx_huge_integer.safetensors.index.json",
+            b'{"metadata": {"total_size": ' + b"1" * 5000 + b'}, "weight_map": {}}',
+            InputError,
+            "a number Python refuses",
+        ),
+        (
+            "idx_nan_literal.safetensors.index.json",
+            b'{"metadata": {"total_size": NaN}, "weight_map": {"w": "st_valid_shard.safetensors"}}',
+            InputError,
+            "NaN is not a JSON value",
+        ),
+        (
+            "idx_duplicate_keys.safetensors.index.json",
+            b'{"weight_map": {"w": "st_valid_shard.safetensors", "w": "other.safetensors"}}',
+            InputError,
+            "appears twice",
+        ),
+        (
+            "idx_lone_surrogate.safetensors.index.json",
+            b'{"weight_map": {"\\udc80": "st_valid_shard.safetensors"}}',
+            InputError,
+            "lone UTF-16 surrogate",
+        ),
+        (
+            "idx_not_an_object.safetensors.index.json",
+            b'["weight_map"]',
+            InputError,
+            'no "weight_map" object',
+        ),
         ("st_valid_shard.safetensors", valid_st, None, ""),
         # --- torch -----------------------------------------------------------------------
         (
@@ -394,6 +603,12 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             "not a readable torch checkpoint",
         ),
         ("pt_not_a_dict.pt", _torch_bytes([1, 2, 3]), InputError, "holds a list, not a state dict"),
+        ("pt_shared_dict_bomb.pt", shared_dict_pt(), None, ""),
+        ("pt_cyclic_dict.pt", _cyclic_pt(), None, ""),
+        ("pt_lone_surrogate_key.pt", _torch_bytes({"w\udc80": torch.eye(2)}), None, ""),
+        ("pt_expand_bomb.pt", expand_bomb_pt(), ResourceLimitError, "exceeds the limit"),
+        ("pt_deflated_members.pt", deflated_pickle_pt(), InputError, "is compressed"),
+        ("dangling_link", _make_dangling_link_directory, InputError, "dangling link"),
         # --- empty files, unknown suffix, empty directory, a valid NaN matrix ------------
         ("empty.npy", b"", InputError, "the file is empty"),
         ("empty.npz", b"", InputError, "the file is empty"),
