@@ -24,6 +24,7 @@ from corpus.make_corpus import (
     deflate_bomb_npz,
     deflated_pickle_pt,
     expand_bomb_pt,
+    lone_surrogate_key_pt,
     shared_dict_pt,
 )
 
@@ -274,3 +275,6 @@ def test_lone_surrogate_key_never_raises_in_io(tmp_path: Path) -> None:
     with pytest.raises(ResourceLimitError) as limit:
         monkey.load()
     assert key in str(limit.value)
+    (tmp_path / "corpus.pt").write_bytes(lone_surrogate_key_pt())
+    (record,) = iter_records(tmp_path / "corpus.pt")
+    assert record.key == "w\udc80" and torch.equal(record.load(), torch.eye(2))
