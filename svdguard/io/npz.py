@@ -56,6 +56,8 @@ INPUT_CHUNK_BYTES = 2**20
 METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # the 30-byte local file header of the zip spec
 _LOCAL_MAGIC = b"PK\x03\x04"
+#: The first bytes numpy.load accepts as a zip archive: a local header or an empty end record.
+ZIP_STARTS = (_LOCAL_MAGIC, b"PK\x05\x06")
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,16 @@ class MemberStream:
 
 def _read_directory(path: Path) -> list[zipfile.ZipInfo]:
     try:
+        with open(path, "rb") as stream:
+            start = stream.read(len(ZIP_STARTS[0]))
+        if not start.startswith(ZIP_STARTS):
+            # numpy.load decides "zip archive or not" by these first bytes (a local file
+            # header, or the end record of an empty archive); zipfile looks at the end.
+            raise InputError(
+                f"not a valid .npz (zip) archive: it starts with {start!r}, not with a zip "
+                "record; re-save it with numpy.savez",
+                path=path,
+            )
         with zipfile.ZipFile(path) as archive:
             return archive.infolist()
     except ZIP_ERRORS as err:
