@@ -278,3 +278,35 @@ def test_lone_surrogate_key_never_raises_in_io(tmp_path: Path) -> None:
     (tmp_path / "corpus.pt").write_bytes(lone_surrogate_key_pt())
     (record,) = iter_records(tmp_path / "corpus.pt")
     assert record.key == "w\udc80" and torch.equal(record.load(), torch.eye(2))
+
+
+# --- listing without torch ------------------------------------------------------------------
+
+#: The io modules that list .npy/.npz/.safetensors files; torch is imported only to load.
+LISTING_MODULES = (
+    "dtypes",
+    "limits",
+    "npy",
+    "npz",
+    "paths",
+    "readers",
+    "records",
+    "safetensors_format",
+    "sharded",
+    "strict_json",
+)
+
+
+def test_listing_modules_import_torch_lazily() -> None:
+    """No module-level ``import torch`` in the listing path (type-only imports are fine)."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "svdguard" / "io"
+    for name in LISTING_MODULES:
+        tree = ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))
+        for node in tree.body:  # module level only; `if TYPE_CHECKING:` blocks are skipped
+            if isinstance(node, ast.Import):
+                assert all(alias.name.split(".")[0] != "torch" for alias in node.names), name
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                assert node.module.split(".")[0] != "torch", name
+                assert node.module not in ("svdguard.io.payload", "svdguard.io.torch_format"), name

@@ -23,10 +23,16 @@ from svdguard.io.paths import describe_missing
 from svdguard.io.records import FailedUnit, TensorRecord, register_lookup
 from svdguard.io.safetensors_format import iter_safetensors_records
 from svdguard.io.sharded import INDEX_SUFFIXES, is_index, iter_sharded_units, shard_of
-from svdguard.io.torch_format import iter_torch_records
 
 if TYPE_CHECKING:
     import torch
+
+
+def _iter_torch_records(path: Path, *, max_elements: int) -> list[TensorRecord]:
+    from svdguard.io.torch_format import iter_torch_records  # torch, for this format only
+
+    return iter_torch_records(path, max_elements=max_elements)
+
 
 #: A format's lister: the records of one file, and (.npz) its failed members.
 Lister = Callable[..., Sequence[TensorRecord | FailedUnit]]
@@ -35,9 +41,9 @@ _READERS: dict[str, Lister] = {
     ".npy": iter_npy_records,
     ".npz": iter_npz_records,
     ".safetensors": iter_safetensors_records,
-    ".pt": iter_torch_records,
-    ".pth": iter_torch_records,
-    ".bin": iter_torch_records,
+    ".pt": _iter_torch_records,
+    ".pth": _iter_torch_records,
+    ".bin": _iter_torch_records,
 }
 
 #: Every suffix iter_records reads, for messages and for expand_inputs.
