@@ -310,3 +310,12 @@ def test_listing_modules_import_torch_lazily() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 assert node.module.split(".")[0] != "torch", name
                 assert node.module not in ("svdguard.io.payload", "svdguard.io.torch_format"), name
+
+
+def test_dotted_key_reached_twice_is_a_failed_unit(tmp_path: Path) -> None:
+    torch.save({"a.b": torch.eye(2), "a": {"b": torch.ones(3, 3)}}, tmp_path / "clash.pt")
+    units = list(iter_units(tmp_path / "clash.pt"))
+    assert [unit.key for unit in units] == ["a.b", "a.b"]
+    first, second = units
+    assert not isinstance(first, FailedUnit) and torch.equal(first.load(), torch.eye(2))
+    assert isinstance(second, FailedUnit) and "flatten to this dotted key" in str(second.error)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def _iter_torch_records(path: Path, *, max_elements: int) -> list[TensorRecord]:
+def _iter_torch_records(path: Path, *, max_elements: int) -> list[TensorRecord | FailedUnit]:
     from svdguard.io.torch_format import iter_torch_records  # torch, for this format only
 
     return iter_torch_records(path, max_elements=max_elements)

@@ -36,7 +36,7 @@ import torch
 
 from svdguard.errors import InputError, ResourceLimitError, UnsafeInputError
 from svdguard.io.limits import MAX_PICKLE_BYTES, format_bytes, memory_available
-from svdguard.io.records import TensorRecord
+from svdguard.io.records import FailedUnit, TensorRecord
 
 #: Nesting depth beyond which a state dict is refused (real checkpoints nest a few levels).
 MAX_NESTING = 64
@@ -151,8 +151,12 @@ def _identity(tensor: torch.Tensor) -> tuple[object, ...] | None:
         return None
 
 
-def iter_torch_records(path: Path, *, max_elements: int) -> list[TensorRecord]:
-    """One record per tensor of a state dict (nested dicts flattened with dotted keys)."""
+def iter_torch_records(path: Path, *, max_elements: int) -> list[TensorRecord | FailedUnit]:
+    """One record per tensor of a state dict (nested dicts flattened with dotted keys).
+
+    A dotted key reached twice (``{"a.b": x, "a": {"b": y}}``) lists the first
+    tensor and makes the second one failed unit.
+    """
     checkpoint = _load_checkpoint(path)
     tensors: list[tuple[str, torch.Tensor]] = []
     if isinstance(checkpoint, torch.Tensor):
@@ -166,8 +170,21 @@ def iter_torch_records(path: Path, *, max_elements: int) -> list[TensorRecord]:
             path=path,
         )
     first_key: dict[tuple[object, ...], str] = {}
-    records = []
+    records: list[TensorRecord | FailedUnit] = []
+    listed: set[str] = set()
     for key, tensor in tensors:
+        if key in listed:
+            # {"a.b": x, "a": {"b": y}} flattens to "a.b" twice: which tensor the name
+            # means is not something to guess, so the second is a failed unit.
+            error = InputError(
+                "two tensors flatten to this dotted key (a key holding a dot, and a nested "
+                "dict); rename one",
+                path=path,
+                key=key,
+            )
+            records.append(FailedUnit(path, key, error, path))
+            continue
+        listed.add(key)
         identity = _identity(tensor)
         alias_of = None if identity is None else first_key.setdefault(identity, key)
         records.append(
