@@ -106,22 +106,29 @@ def _explain(head: bytes, refusal: BaseException) -> str:
     return f"numpy refuses the header ({' '.join(str(refusal).split())[:120]})"
 
 
+def _declared_length(head: bytes) -> int | None:
+    """The header length the prefix of ``head`` declares, None if the prefix is not there."""
+    length_format = _LENGTH_FORMATS.get(head[len(MAGIC)]) if len(head) > len(MAGIC) else None
+    if head[: len(MAGIC)] != MAGIC or length_format is None:
+        return None
+    start = len(MAGIC) + 2
+    field = head[start : start + struct.calcsize(length_format)]
+    if len(field) < struct.calcsize(length_format):
+        return None
+    (length,) = struct.unpack(length_format, field)
+    return int(length)
+
+
 def parse_header(head: bytes, *, path: str | Path, key: str | None = None) -> NpyHeader:
     """The header at the start of ``head`` (the file's first MAX_PREFIX_BYTES bytes, or all)."""
-    if head[: len(MAGIC)] == MAGIC and len(head) >= len(MAGIC) + 2:
-        major = head[len(MAGIC)]
-        length_format = _LENGTH_FORMATS.get(major)
-        start = len(MAGIC) + 2 + (struct.calcsize(length_format) if length_format else 0)
-        if length_format is not None and len(head) >= start:
-            (length,) = struct.unpack(length_format, head[len(MAGIC) + 2 : start])
-            if length > MAX_NPY_HEADER_BYTES:
-                raise ResourceLimitError(
-                    f".npy header length {length:,} bytes exceeds the limit of "
-                    f"{MAX_NPY_HEADER_BYTES:,} that numpy.load also applies (a corrupt or "
-                    "hostile file)",
-                    path=path,
-                    key=error_key(key),
-                )
+    length = _declared_length(head)
+    if length is not None and length > MAX_NPY_HEADER_BYTES:
+        raise ResourceLimitError(
+            f".npy header length {length:,} bytes exceeds the limit of "
+            f"{MAX_NPY_HEADER_BYTES:,} that numpy.load also applies (a corrupt or hostile file)",
+            path=path,
+            key=error_key(key),
+        )
     stream = io.BytesIO(head)
     try:
         with warnings.catch_warnings():
@@ -130,7 +137,7 @@ def parse_header(head: bytes, *, path: str | Path, key: str | None = None) -> Np
             if version == (3, 0):
                 # 3.0 is 2.0 with a UTF-8 header; numpy exposes no 3.0 reader, and a
                 # numeric array's header is ASCII, where the two encodings agree.
-                if not head[12 : 12 + MAX_NPY_HEADER_BYTES].split(b"\n", 1)[0].isascii():
+                if not head[stream.tell() + 4 :][: length or 0].isascii():
                     raise _bad("a 3.0 header with non-ASCII text (not a numeric array)", path, key)
                 version = (2, 0)
             if version == (1, 0):
