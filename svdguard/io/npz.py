@@ -107,6 +107,8 @@ class MemberStream:
 
     def _next(self, limit: int) -> bytes:
         """Up to ``limit`` inflated bytes (b"" at the member's end)."""
+        if limit <= 0:
+            return b""  # (zlib reads a max_length of 0 as "no limit")
         if self._inflater is None:
             return self._raw(limit)
         while not self._inflater.eof:
