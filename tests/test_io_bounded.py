@@ -61,8 +61,8 @@ def test_shared_dict_is_walked_once(tmp_path: Path) -> None:
     path = tmp_path / "shared.pt"
     path.write_bytes(shared_dict_pt())
     assert path.stat().st_size < 4096  # the bomb is small
-    records, elapsed, _ = _measure(lambda: list(iter_records(path)))
-    assert elapsed < BOMB_SECONDS
+    records, elapsed, peak = _measure(lambda: list(iter_records(path)))
+    assert elapsed < BOMB_SECONDS and peak < BOMB_MEMORY_BYTES
     assert isinstance(records, list) and len(records) == 1
     (record,) = records
     assert record.key == "a." * SHARED_DICT_LEVELS + "w"
@@ -138,8 +138,11 @@ def test_memory_check_counts_the_working_copy_and_svd_buffers(
 def test_deflated_pickle_is_refused_before_inflating(tmp_path: Path) -> None:
     path = tmp_path / "deflated.pt"
     path.write_bytes(deflated_pickle_pt())
-    with pytest.raises(InputError, match="'archive/data.pkl' is compressed"):
-        list(iter_records(path))
+    assert path.stat().st_size < DEFLATE_BOMB_BYTES // 100
+    outcome, elapsed, peak = _measure(lambda: list(iter_records(path)))
+    assert isinstance(outcome, InputError), outcome
+    assert "'archive/data.pkl' is compressed" in str(outcome)
+    assert elapsed < BOMB_SECONDS and peak < BOMB_MEMORY_BYTES
 
 
 def test_oversized_pickle_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,8 @@ Reading: :func:`expand_inputs` turns command-line paths into files,
 not be listed (:class:`FailedUnit`), ``record.load()`` reads one tensor;
 :func:`read_tensor` / :func:`read_tensors` are the one-call forms. Writing:
 :func:`write_tensor` and :func:`atomic_output`. Limits: see
-:mod:`svdguard.io.limits`.
+:mod:`svdguard.io.limits`; what a hostile file can and cannot do:
+``docs/safety.md``.
 """
 
 from svdguard.io.limits import DEFAULT_MAX_ELEMENTS

@@ -149,13 +149,22 @@ def expand_bomb_pt(side: int = EXPAND_BOMB_SIDE) -> bytes:
     return _torch_bytes({"w": torch.ones(1).expand(side, side)})
 
 
-def deflated_pickle_pt() -> bytes:
-    """A torch.save archive re-packed with every member deflated (data.pkl included)."""
+def deflated_pickle_pt(padding: int = DEFLATE_BOMB_BYTES) -> bytes:
+    """A torch.save archive re-packed deflated, its data.pkl padded to inflate by ``padding`` bytes.
+
+    The pickle stops at its STOP opcode, so the zeros after it change nothing for an
+    unpickler; a reader that inflates data.pkl whole allocates them all.
+    """
     original = zipfile.ZipFile(io.BytesIO(_torch_bytes({"w": torch.eye(3)})))
     result = io.BytesIO()
+    zeros = bytes(2**20)
     with zipfile.ZipFile(result, "w", compression=zipfile.ZIP_DEFLATED) as target:
         for info in original.infolist():
-            target.writestr(info.filename, original.read(info.filename))
+            with target.open(info.filename, "w") as member:
+                member.write(original.read(info.filename))
+                if info.filename.endswith("data.pkl"):
+                    for _ in range(padding // len(zeros)):
+                        member.write(zeros)
     return result.getvalue()
 
 
