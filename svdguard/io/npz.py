@@ -223,7 +223,9 @@ def _list_member(
     try:
         stream = MemberStream(file, member, path=path, key=key)
         head = stream.read(min(npy.MAX_PREFIX_BYTES, member.file_size))
-    except (zlib.error, OSError) as err:
+    except InputError:
+        raise  # (an InputError is a ValueError too) it already names the member
+    except (zlib.error, OSError, OverflowError, ValueError) as err:  # OverflowError: an offset
         raise _corrupt(f"cannot inflate its header ({err})", path, key) from None
     header = npy.parse_header(head, path=path, key=key)
     expected = header.data_offset + header.nbytes
@@ -284,7 +286,7 @@ def _load_member(member: Member, record: TensorRecord) -> torch.Tensor:
             available = member.file_size - header.data_offset
             tensor = npy.read_payload(stream, header, path=path, key=key, available=available)
             stream.check_end()
-    except zlib.error as err:
+    except (zlib.error, OverflowError) as err:
         raise _corrupt(f"its compressed data is damaged ({err})", path, key) from None
     except OSError as err:
         raise InputError(f"cannot read: {err.strerror or err}", path=path, key=key) from None
