@@ -209,7 +209,9 @@ def _materialise(tensor: torch.Tensor, record: TensorRecord) -> torch.Tensor:
             key=record.key or None,
         )
     try:
-        return tensor.detach().clone(memory_format=torch.contiguous_format)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "ComplexHalf support is experimental" (complex32)
+            return tensor.detach().clone(memory_format=torch.contiguous_format)
     except RuntimeError as err:
         raise InputError(
             f"cannot read the tensor: {_short(err)}", path=record.path, key=record.key or None
