@@ -322,3 +322,17 @@ def test_dotted_key_reached_twice_is_a_failed_unit(tmp_path: Path) -> None:
     first, second = units
     assert not isinstance(first, FailedUnit) and torch.equal(first.load(), torch.eye(2))
     assert isinstance(second, FailedUnit) and "flatten to this dotted key" in str(second.error)
+
+
+def test_records_import_no_reader() -> None:
+    """records.py sits below the readers: no import of them, not even inside a function."""
+    import ast
+
+    source = Path(__file__).resolve().parents[1] / "svdguard" / "io" / "records.py"
+    imported = {
+        node.module
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    readers = {"svdguard.io.readers", "svdguard.io.npy", "svdguard.io.npz", "svdguard.io.sharded"}
+    assert not imported & (readers | {"svdguard.io.safetensors_format"}), imported
