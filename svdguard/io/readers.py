@@ -107,7 +107,7 @@ def iter_units(
 def _where(unit: FailedUnit, path: Path) -> str:
     if unit.path != path:
         return f"shard {unit.path.name}" + ("" if unit.key is None else f" [{unit.key}]")
-    return f"member {unit.key!r}"
+    return f"{'member' if path.suffix.lower() == '.npz' else 'tensor'} {unit.key!r}"
 
 
 def failure_error(path: str | os.PathLike[str], failures: Sequence[FailedUnit]) -> InputError:
