@@ -8,16 +8,15 @@ and fails only when loaded.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
+if TYPE_CHECKING:
+    import torch
 
-def _torch_dtype_or_none(name: str) -> torch.dtype | None:
-    dtype = getattr(torch, name, None)
-    return dtype if isinstance(dtype, torch.dtype) else None
-
-
-#: safetensors dtype code → torch dtype name (the codes of the safetensors format spec).
+#: safetensors dtype code → torch dtype name (the codes of the safetensors format spec that
+#: torch can hold; F4 and F6_* are packed sub-byte formats svdguard does not read).
 SAFETENSORS_DTYPES: dict[str, str] = {
     "BOOL": "bool",
     "U8": "uint8",
@@ -40,28 +39,57 @@ SAFETENSORS_DTYPES: dict[str, str] = {
     "F8_E8M0": "float8_e8m0fnu",
 }
 
-#: torch dtype → safetensors code, for writing.
-TORCH_TO_SAFETENSORS: dict[torch.dtype, str] = {
-    dtype: code
-    for code, name in SAFETENSORS_DTYPES.items()
-    if (dtype := _torch_dtype_or_none(name)) is not None
+#: Bytes per element of the torch dtypes numpy lacks (the rest: numpy knows the same names).
+_TORCH_ONLY_ITEMSIZES: dict[str, int] = {
+    "bfloat16": 2,
+    "complex32": 4,
+    "float8_e4m3fn": 1,
+    "float8_e4m3fnuz": 1,
+    "float8_e5m2": 1,
+    "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1,
+}
+
+#: numpy (kind, itemsize) → torch's name for the same numeric type.
+_NUMPY_TO_TORCH: dict[tuple[str, int], str] = {
+    ("b", 1): "bool",
+    ("u", 1): "uint8",
+    ("i", 1): "int8",
+    ("i", 2): "int16",
+    ("u", 2): "uint16",
+    ("i", 4): "int32",
+    ("u", 4): "uint32",
+    ("i", 8): "int64",
+    ("u", 8): "uint64",
+    ("f", 2): "float16",
+    ("f", 4): "float32",
+    ("f", 8): "float64",
+    ("c", 8): "complex64",
+    ("c", 16): "complex128",
 }
 
 
 def torch_dtype(name: str) -> torch.dtype | None:
-    """Torch's dtype ``name`` (``"bfloat16"`` → torch.bfloat16); None if torch lacks it."""
-    return _torch_dtype_or_none(name)
+    """Torch's dtype ``name`` (``"bfloat16"`` → torch.bfloat16); None if torch lacks it.
+
+    Imports torch (only the payload readers and the application need a torch dtype).
+    """
+    import torch
+
+    dtype = getattr(torch, name, None)
+    return dtype if isinstance(dtype, torch.dtype) else None
 
 
 def itemsize(name: str) -> int | None:
     """Bytes per element of the dtype called ``name`` (torch or numpy spelling), None if unknown."""
-    dtype = torch_dtype(name)
-    if dtype is not None:
-        return dtype.itemsize
+    if name in _TORCH_ONLY_ITEMSIZES:
+        return _TORCH_ONLY_ITEMSIZES[name]
     try:
         return int(np.dtype(name).itemsize)
     except (TypeError, ValueError, SyntaxError):
-        return None
+        pass
+    dtype = torch_dtype(name)
+    return None if dtype is None else dtype.itemsize
 
 
 def numpy_dtype_name(dtype: np.dtype) -> str:
@@ -70,12 +98,10 @@ def numpy_dtype_name(dtype: np.dtype) -> str:
     >>> numpy_dtype_name(np.dtype(">f8")), numpy_dtype_name(np.dtype("U10"))
     ('float64', 'U10')
     """
-    if dtype.fields is None and dtype.subdtype is None and dtype.kind in "biufc":
-        native = dtype.newbyteorder("=")
-        try:
-            return str(torch.from_numpy(np.empty(0, dtype=native)).dtype).removeprefix("torch.")
-        except TypeError:
-            pass  # e.g. float128, which torch does not have
+    if dtype.fields is None and dtype.subdtype is None:
+        name = _NUMPY_TO_TORCH.get((dtype.kind, dtype.itemsize))
+        if name is not None:
+            return name
     if dtype.kind in "USV" and dtype.fields is None:
         return dtype.str[1:]  # 'U10', 'S5', 'V16': numpy's spelling with the byte order cut
     return dtype.name

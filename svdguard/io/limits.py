@@ -13,11 +13,15 @@ to. The defaults:
   ``.safetensors`` file; the ``safetensors`` library itself refuses headers
   above the same 100 MB (a 100 000-tensor header is about 10 MB).
 * ``MAX_INDEX_BYTES = 100 MB``: a ``*.safetensors.index.json``, the same reasoning.
-* ``MAX_NPY_HEADER_BYTES = 64 KiB``: the dict literal of a ``.npy`` header
-  (numpy writes about 128 bytes for a plain array and refuses to parse more
-  than 10 000 bytes by default; the headroom admits long shapes).
-* memory: a tensor whose byte size exceeds the memory available
-  (``MemAvailable`` of ``/proc/meminfo``, else ``os.sysconf``) is refused.
+* ``MAX_NPY_HEADER_BYTES = 10 000``: the dict literal of a ``.npy`` header,
+  numpy's own default (``numpy.load(allow_pickle=False)`` refuses longer
+  headers, so svdguard does too; numpy writes about 128 bytes for a plain array).
+* ``MAX_PICKLE_BYTES = 256 MiB``: the pickle (``data.pkl``) of a torch
+  checkpoint, inflated before torch reads it. A state dict costs about 100
+  bytes of pickle per tensor, so this admits two million tensors.
+* memory: a tensor is refused when what its analysis needs exceeds the memory
+  available (``MemAvailable`` of ``/proc/meminfo``, else ``os.sysconf``); see
+  :func:`analysis_bytes` for the count.
 """
 
 from __future__ import annotations
@@ -32,7 +36,16 @@ from svdguard.errors import ResourceLimitError
 DEFAULT_MAX_ELEMENTS: int = 2**31
 MAX_SAFETENSORS_HEADER_BYTES: int = 100_000_000
 MAX_INDEX_BYTES: int = 100_000_000
-MAX_NPY_HEADER_BYTES: int = 65_536
+MAX_NPY_HEADER_BYTES: int = 10_000
+MAX_PICKLE_BYTES: int = 256 * 2**20
+
+#: Bytes per element of the working copy an analysis makes: float64, the widest real
+#: compute dtype; complex tensors are analysed in complex128 (twice that).
+WORKING_ITEMSIZE: int = 8
+#: Matrix-sized float64 buffers an SVD of the working copy needs beside it: LAPACK's
+#: ``gesdd`` overwrites its input, so torch hands it a copy (1 matrix); a decomposition
+#: with vectors adds U (m×k) and Vᴴ (k×n), (m + n)·k ≤ 2·m·n elements (2 matrices).
+SVD_MATRIX_COPIES: int = 1 + 2
 
 _MEMINFO = Path("/proc/meminfo")
 
@@ -70,6 +83,37 @@ def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
+def analysis_bytes(shape: Sequence[int], itemsize: int, *, is_complex: bool = False) -> int:
+    """Bytes a tensor of ``shape`` needs to be loaded and decomposed: the count checked.
+
+    payload (numel·itemsize) + working copy (numel·w) + SVD buffers
+    (SVD_MATRIX_COPIES·numel·w), with w = WORKING_ITEMSIZE (doubled for a
+    complex tensor). A scalar or a vector is never decomposed: its payload is
+    all it costs. The count uses the shape the tensor materialises to, so a
+    stride-0 ``expand`` saved in a tiny file is judged by the matrix it
+    becomes. LAPACK's scalar workspace (O(m + n) for singular values) is below
+    one matrix copy and is covered by the factors.
+    """
+    numel = element_count(shape)
+    payload = numel * itemsize
+    if len(shape) < 2:
+        return payload
+    working = WORKING_ITEMSIZE * (2 if is_complex else 1)
+    return payload + numel * working * (1 + SVD_MATRIX_COPIES)
+
+
+def check_memory(nbytes: int, what: str, *, path: str | Path, key: str | None) -> None:
+    """Raise ResourceLimitError when ``nbytes`` exceed the memory available (if known)."""
+    available = memory_available()
+    if available is not None and nbytes > available:
+        raise ResourceLimitError(
+            f"{what} needs {format_bytes(nbytes)} but only {format_bytes(available)} "
+            "of memory is available; free memory or run on a larger machine",
+            path=path,
+            key=key,
+        )
+
+
 def check_tensor_size(
     shape: Sequence[int],
     itemsize: int | None,
@@ -81,7 +125,8 @@ def check_tensor_size(
 ) -> None:
     """Raise ResourceLimitError when a tensor of ``shape`` exceeds ``max_elements`` or the memory.
 
-    Called with the header's numbers only, before anything is allocated.
+    Called with the header's numbers only, before anything is allocated; the
+    memory needed is :func:`analysis_bytes`.
     """
     numel = element_count(shape)
     described = f"shape {tuple(shape)} {dtype} ({numel:,} elements)"
@@ -98,18 +143,11 @@ def check_tensor_size(
     if numel > max_elements:
         raise ResourceLimitError(
             f"{described} exceeds the limit of {max_elements:,} elements per tensor; "
-            "raise max_elements if the tensor is expected",
+            "raise max_elements= if the tensor is expected",
             path=path,
             key=key,
         )
     if itemsize is None:
         return
-    nbytes = numel * itemsize
-    available = memory_available()
-    if available is not None and nbytes > available:
-        raise ResourceLimitError(
-            f"{described} needs {format_bytes(nbytes)} but only {format_bytes(available)} "
-            "of memory is available; free memory or run on a larger machine",
-            path=path,
-            key=key,
-        )
+    needed = analysis_bytes(shape, itemsize, is_complex=dtype.startswith("complex"))
+    check_memory(needed, described, path=path, key=key)

@@ -1,40 +1,53 @@
-"""The .npy format: a header parsed here (never executed), a payload read into the tensor.
+"""The .npy format, parsed by ``numpy.lib.format`` (never executed), the payload read into a tensor.
 
-Format (numpy.lib.format): magic ``\\x93NUMPY``, version (major, minor), a
-little-endian header length (uint16 for 1.0, uint32 for 2.0/3.0), then a
-Python dict literal ``{'descr': ..., 'fortran_order': ..., 'shape': ...}``
-(latin-1; utf-8 for 3.0), then the raw array bytes. The literal is read with
-``ast.literal_eval``, which evaluates literals only; an object dtype is refused
-because its payload is a pickle.
+Format: magic ``\\x93NUMPY``, version (major, minor), a little-endian header
+length (uint16 for 1.0, uint32 for 2.0/3.0), then a Python dict literal
+``{'descr': ..., 'fortran_order': ..., 'shape': ...}`` (latin-1; utf-8 for
+3.0), then the raw array bytes. numpy's own header reader
+(``read_magic``, ``read_array_header_1_0`` / ``_2_0``, with numpy's default
+``max_header_size``) decides what a valid header is, so svdguard accepts no
+file ``numpy.load(allow_pickle=False)`` refuses; when numpy refuses, the
+header is examined again here only to say *why* (see :func:`_explain`).
+svdguard is stricter in a few places: negative or boolean dimensions, sub-array
+dtypes, and non-ASCII 3.0 headers are refused. An object dtype lists but never
+loads (its payload is a pickle).
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import struct
 import warnings
 from dataclasses import dataclass
 from io import BufferedReader
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+from numpy.lib import format as npy_format
 
 from svdguard.errors import InputError, ResourceLimitError, UnsafeInputError
 from svdguard.io.dtypes import numpy_dtype_name, torch_dtype
 from svdguard.io.limits import MAX_NPY_HEADER_BYTES, element_count
-from svdguard.io.payload import ByteStream, numpy_bytes_to_tensor, read_exact
 from svdguard.io.records import TensorRecord, error_key
+
+if TYPE_CHECKING:
+    import torch
+
+    from svdguard.io.payload import ByteStream
 
 MAGIC = b"\x93NUMPY"
 _LENGTH_FORMATS = {1: "<H", 2: "<I", 3: "<I"}
+#: The most bytes a valid header can take: magic, version, length, and the literal.
+MAX_PREFIX_BYTES = len(MAGIC) + 2 + 4 + MAX_NPY_HEADER_BYTES
 
 
 @dataclass(frozen=True)
 class NpyHeader:
     """What a .npy header declares; ``data_offset`` is where the payload starts."""
 
-    dtype: np.dtype | None  # None when the descr is not a dtype numpy knows
+    dtype: np.dtype
     dtype_name: str
     shape: tuple[int, ...]
     fortran_order: bool
@@ -42,87 +55,126 @@ class NpyHeader:
 
     @property
     def nbytes(self) -> int:
-        itemsize = 0 if self.dtype is None else self.dtype.itemsize
-        return element_count(self.shape) * itemsize
+        return element_count(self.shape) * self.dtype.itemsize
 
 
 def _bad(message: str, path: str | Path, key: str | None) -> InputError:
     return InputError(f"not a valid .npy array: {message}", path=path, key=error_key(key))
 
 
-def _read_bytes(
-    stream: ByteStream, count: int, what: str, path: str | Path, key: str | None
-) -> bytes:
-    data = stream.read(count)
-    if len(data) != count:
-        raise _bad(f"the file ends inside the {what} (truncated)", path, key)
-    return data
+def _literal(text: str) -> object:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "invalid escape sequence" from the parser
+        return ast.literal_eval(text)
 
 
-def read_header(stream: ByteStream, *, path: str | Path, key: str | None = None) -> NpyHeader:
-    """Parse a .npy header from ``stream`` (positioned at its start); InputError if malformed."""
-    magic = stream.read(len(MAGIC))
-    if magic != MAGIC:
-        if not magic:
-            raise _bad("the file is empty", path, key)
-        raise _bad(f"bad magic bytes {magic!r} (expected {MAGIC!r})", path, key)
-    major, minor = _read_bytes(stream, 2, "version", path, key)
+def _explain(head: bytes, refusal: BaseException) -> str:
+    """Why numpy refused ``head`` (the file's first bytes), in svdguard's words."""
+    if not head:
+        return "the file is empty"
+    if head[: len(MAGIC)] != MAGIC:
+        if MAGIC.startswith(head):
+            return "the file ends inside the magic bytes (truncated)"
+        return f"bad magic bytes {head[: len(MAGIC)]!r} (expected {MAGIC!r})"
+    if len(head) < len(MAGIC) + 2:
+        return "the file ends inside the version (truncated)"
+    major, minor = head[len(MAGIC)], head[len(MAGIC) + 1]
     if major not in _LENGTH_FORMATS or minor != 0:
-        raise _bad(
-            f"unsupported format version {major}.{minor} (1.0, 2.0 and 3.0 are read)", path, key
-        )
+        return f"unsupported format version {major}.{minor} (1.0, 2.0 and 3.0 are read)"
     length_format = _LENGTH_FORMATS[major]
-    length_bytes = _read_bytes(stream, struct.calcsize(length_format), "header length", path, key)
-    (header_length,) = struct.unpack(length_format, length_bytes)
-    if header_length > MAX_NPY_HEADER_BYTES:
+    start = len(MAGIC) + 2 + struct.calcsize(length_format)
+    if len(head) < start:
+        return "the file ends inside the header length (truncated)"
+    (length,) = struct.unpack(length_format, head[len(MAGIC) + 2 : start])
+    raw = head[start : start + length]
+    if len(raw) < length:
+        return "the file ends inside the header (truncated)"
+    try:
+        fields = _literal(raw.decode("utf-8" if major == 3 else "latin-1"))
+    except Exception:  # noqa: BLE001 - whatever ast raises, the header is no literal
+        return "the header is not a Python dict literal"
+    if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
+        return "the header must be a dict with keys descr, fortran_order, shape"
+    shape = fields["shape"]
+    if not isinstance(shape, tuple) or not all(isinstance(dim, int) for dim in shape):
+        return f"shape {shape!r} is not a tuple of non-negative integers"
+    if not isinstance(fields["fortran_order"], bool):
+        return f"fortran_order {fields['fortran_order']!r} is not True/False"
+    descr = str(fields["descr"])[:40]
+    if "descr" in str(refusal):
+        return f"dtype {descr!r} is not a numpy dtype; re-save the array as float32/float64"
+    return f"numpy refuses the header ({' '.join(str(refusal).split())[:120]})"
+
+
+def _declared_length(head: bytes) -> int | None:
+    """The header length the prefix of ``head`` declares, None if the prefix is not there."""
+    length_format = _LENGTH_FORMATS.get(head[len(MAGIC)]) if len(head) > len(MAGIC) else None
+    if head[: len(MAGIC)] != MAGIC or length_format is None:
+        return None
+    start = len(MAGIC) + 2
+    field = head[start : start + struct.calcsize(length_format)]
+    if len(field) < struct.calcsize(length_format):
+        return None
+    (length,) = struct.unpack(length_format, field)
+    return int(length)
+
+
+def parse_header(head: bytes, *, path: str | Path, key: str | None = None) -> NpyHeader:
+    """The header at the start of ``head`` (the file's first MAX_PREFIX_BYTES bytes, or all)."""
+    length = _declared_length(head)
+    if length is not None and length > MAX_NPY_HEADER_BYTES:
         raise ResourceLimitError(
-            f".npy header length {header_length:,} bytes exceeds the limit of "
-            f"{MAX_NPY_HEADER_BYTES:,} (a corrupt or hostile file)",
+            f".npy header length {length:,} bytes exceeds the limit of "
+            f"{MAX_NPY_HEADER_BYTES:,} that numpy.load also applies (a corrupt or hostile file)",
             path=path,
             key=error_key(key),
         )
-    raw = _read_bytes(stream, header_length, "header", path, key)
+    stream = io.BytesIO(head)
     try:
-        text = raw.decode("utf-8" if major == 3 else "latin-1")
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "invalid escape sequence" from the parser
-            fields = ast.literal_eval(text)
-    except (UnicodeDecodeError, ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        raise _bad("the header is not a Python dict literal", path, key) from None
-    if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
-        raise _bad("the header must be a dict with keys descr, fortran_order, shape", path, key)
-    shape = fields["shape"]
-    if not isinstance(shape, tuple) or not all(
-        isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in shape
-    ):
+            warnings.simplefilter("ignore")  # numpy warns when it re-parses a Python 2 header
+            version = npy_format.read_magic(stream)
+            if version == (3, 0):
+                # 3.0 is 2.0 with a UTF-8 header; numpy exposes no 3.0 reader, and a
+                # numeric array's header is ASCII, where the two encodings agree.
+                if not head[stream.tell() + 4 :][: length or 0].isascii():
+                    raise _bad("a 3.0 header with non-ASCII text (not a numeric array)", path, key)
+                version = (2, 0)
+            if version == (1, 0):
+                shape, fortran_order, dtype = npy_format.read_array_header_1_0(
+                    stream, max_header_size=MAX_NPY_HEADER_BYTES
+                )
+            elif version == (2, 0):
+                shape, fortran_order, dtype = npy_format.read_array_header_2_0(
+                    stream, max_header_size=MAX_NPY_HEADER_BYTES
+                )
+            else:
+                raise ValueError(f"unsupported version {version}")
+    except InputError:
+        raise
+    except Exception as refusal:  # noqa: BLE001 - numpy's refusal takes many forms (ast, tokenize)
+        raise _bad(_explain(head, refusal), path, key) from None
+    if not all(not isinstance(dim, bool) and dim >= 0 for dim in shape):
         raise _bad(f"shape {shape!r} is not a tuple of non-negative integers", path, key)
-    fortran_order = fields["fortran_order"]
-    if not isinstance(fortran_order, bool):
-        raise _bad(f"fortran_order {fortran_order!r} is not True/False", path, key)
-    descr = fields["descr"]
-    try:
-        parsed: np.dtype = np.lib.format.descr_to_dtype(descr)
-        dtype: np.dtype | None = parsed
-        name = numpy_dtype_name(parsed)
-    except (TypeError, ValueError, KeyError, IndexError, SyntaxError, RecursionError):
-        dtype, name = None, str(descr)[:40]
-    if dtype is not None and dtype.subdtype is not None:
-        # numpy folds a sub-array dtype into the shape: ('<f4', (3,)) is 3 more trailing dims.
-        base, sub_shape = dtype.subdtype
-        dtype, name, shape = base, numpy_dtype_name(base), shape + tuple(sub_shape)
-    return NpyHeader(dtype, name, shape, fortran_order, stream.tell())
+    if dtype.subdtype is not None:
+        raise _bad(
+            f"dtype {dtype} is a sub-array dtype, which numpy.load cannot shape either", path, key
+        )
+    return NpyHeader(dtype, numpy_dtype_name(dtype), tuple(shape), fortran_order, stream.tell())
+
+
+def read_header(stream: ByteStream, *, path: str | Path, key: str | None = None) -> NpyHeader:
+    """Parse a .npy header from ``stream`` (positioned at its start); InputError if malformed.
+
+    Reads at most MAX_PREFIX_BYTES, so the stream may be left past the
+    header: callers seek to ``header.data_offset`` before the payload.
+    """
+    return parse_header(stream.read(MAX_PREFIX_BYTES), path=path, key=key)
 
 
 def check_loadable(header: NpyHeader, *, path: str | Path, key: str | None) -> np.dtype:
     """The numpy dtype of a payload svdguard will read; refuse object, text and structured data."""
     dtype = header.dtype
-    if dtype is None:
-        raise InputError(
-            f"dtype {header.dtype_name!r} is not a numpy dtype; "
-            "re-save the array as float32/float64",
-            path=path,
-            key=error_key(key),
-        )
     if dtype.hasobject:
         raise UnsafeInputError(
             "object arrays are stored as pickles, which can run code when loaded, so they are "
@@ -144,6 +196,20 @@ def check_loadable(header: NpyHeader, *, path: str | Path, key: str | None) -> n
     return dtype
 
 
+def check_payload_size(
+    header: NpyHeader, available: int, *, path: str | Path, key: str | None
+) -> None:
+    """InputError when fewer than the declared payload bytes follow the header (object: no check)."""
+    if header.dtype.hasobject or available >= header.nbytes:
+        return
+    raise InputError(
+        f"payload truncated: the header declares shape {header.shape} {header.dtype_name} "
+        f"({header.nbytes:,} bytes) but only {available:,} bytes follow; re-save the file",
+        path=path,
+        key=error_key(key),
+    )
+
+
 def read_payload(
     stream: ByteStream,
     header: NpyHeader,
@@ -152,17 +218,16 @@ def read_payload(
     key: str | None,
     available: int | None,
 ) -> torch.Tensor:
-    """Read the payload after ``header``; ``available``: bytes left in the stream, if known."""
+    """Read the payload after ``header``; ``available``: bytes left in the stream, if known.
+
+    ``stream`` must be positioned at the payload's start.
+    """
+    from svdguard.io.payload import numpy_bytes_to_tensor, read_exact
+
     dtype = check_loadable(header, path=path, key=key)
-    nbytes = header.nbytes
-    if available is not None and available < nbytes:
-        raise InputError(
-            f"payload truncated: the header declares shape {header.shape} {header.dtype_name} "
-            f"({nbytes:,} bytes) but only {available:,} bytes follow; re-save the file",
-            path=path,
-            key=error_key(key),
-        )
-    buffer = read_exact(stream, nbytes, path=path, key=error_key(key), what="payload")
+    if available is not None:
+        check_payload_size(header, available, path=path, key=key)
+    buffer = read_exact(stream, header.nbytes, path=path, key=error_key(key), what="payload")
     try:
         return numpy_bytes_to_tensor(
             buffer, dtype, header.shape, fortran_order=header.fortran_order
@@ -183,9 +248,16 @@ def _open(path: Path) -> BufferedReader:
 
 
 def iter_npy_records(path: Path, *, max_elements: int) -> list[TensorRecord]:
-    """The one record of a .npy file (header parsed now, payload read by load())."""
+    """The one record of a .npy file (header parsed now, payload read by load()).
+
+    A payload shorter than the header declares makes the file invalid (numpy
+    refuses it too) whatever its size: a 100-byte file that declares a 8 TB
+    array is corrupt, not too large.
+    """
     with _open(path) as stream:
         header = read_header(stream, path=path)
+        size = stream.seek(0, 2)
+    check_payload_size(header, size - header.data_offset, path=path, key=None)
     return [TensorRecord(path, "", header.shape, header.dtype_name, max_elements, _load_npy)]
 
 
@@ -195,6 +267,7 @@ def _load_npy(record: TensorRecord) -> torch.Tensor:
         try:
             header = read_header(stream, path=path)
             size = path.stat().st_size
+            stream.seek(header.data_offset)
             return read_payload(
                 stream, header, path=path, key="", available=size - header.data_offset
             )

@@ -1,7 +1,15 @@
-"""Turn command-line paths (files, directories, unexpanded globs) into tensor files."""
+"""Turn command-line paths (files, directories, unexpanded globs) into tensor files.
+
+A path found by a glob or in a directory that is a dangling or looping
+symbolic link is returned all the same: reading it then fails with one
+InputError naming it (``iter_units`` yields it as a whole-file
+:class:`~svdguard.io.records.FailedUnit`, ``iter_records`` raises it), so the
+other paths proceed. A path named directly that does not exist raises here.
+"""
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from collections.abc import Sequence
@@ -23,8 +31,20 @@ _ARRAY_PATTERNS = ("*.npy", "*.npz")
 _GLOB_CHARS = frozenset("*?[")
 
 
+def _is_link(path: Path) -> bool:
+    try:
+        return path.is_symlink()
+    except (OSError, ValueError):
+        return False
+
+
 def _matching(directory: Path, patterns: Sequence[str]) -> list[Path]:
-    found = {entry for pattern in patterns for entry in directory.glob(pattern) if entry.is_file()}
+    found = {
+        entry
+        for pattern in patterns
+        for entry in directory.glob(pattern)
+        if entry.is_file() or (_is_link(entry) and not entry.exists())  # a broken link: reported
+    }
     return sorted(found)
 
 
@@ -51,6 +71,8 @@ def _expand_one(raw: str | os.PathLike[str]) -> list[Path]:
             return _expand_directory(path)
         if path.exists():
             return [path]
+        if _is_link(path):
+            raise InputError(describe_missing(path), path=path)
     except InputError:
         raise  # an InputError is a ValueError too; it already says what is wrong
     except OSError as err:
@@ -63,8 +85,39 @@ def _expand_one(raw: str | os.PathLike[str]) -> list[Path]:
         matches = sorted(glob.glob(text))
         if not matches:
             raise InputError("no file matches this pattern", path=text)
-        return [file for match in matches for file in _expand_one(match)]
+        return [file for match in matches for file in _expand_match(Path(match))]
     raise InputError("no such file or directory", path=path)
+
+
+def _expand_match(match: Path) -> list[Path]:
+    """A glob's match: a broken link is kept (its reader reports it), the rest expanded."""
+    if _is_link(match) and not match.exists():
+        return [match]
+    return _expand_one(match)
+
+
+def _identity(file: Path) -> str:
+    """The file a path reaches, for dropping duplicates (a looping link is its own identity)."""
+    try:
+        return str(file.resolve())
+    except (OSError, RuntimeError):  # RuntimeError: "Symlink loop" (Python < 3.13)
+        return os.path.abspath(file)
+
+
+def describe_missing(path: Path) -> str:
+    """Why ``path`` cannot be opened: a dangling link, a link loop, or plain absence."""
+    if not _is_link(path):
+        return "no such file; check the path"
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return f"is a symbolic link that loops (-> {target}); fix or remove the link"
+    return f"is a symbolic link to {target}, which does not exist (a dangling link)"
 
 
 def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -75,15 +128,17 @@ def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     plus any ``*.npy``/``*.npz`` (not recursive). A glob pattern a shell left
     unexpanded is expanded here, sorted. Duplicates (the same file reached
     twice) are dropped, keeping the first. A missing path, a pattern matching
-    nothing or a directory with nothing readable raises InputError naming it.
+    nothing or a directory with nothing readable raises InputError naming it;
+    a broken symbolic link found by a pattern or in a directory is returned,
+    and fails when read (see the module docstring).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     result: list[Path] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for raw in paths:
         for file in _expand_one(raw):
-            identity = file.resolve()
+            identity = _identity(file)
             if identity not in seen:
                 seen.add(identity)
                 result.append(file)

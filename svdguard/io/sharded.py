@@ -1,26 +1,32 @@
 """Sharded checkpoints: a ``*.safetensors.index.json`` whose weight_map names each tensor's shard.
 
-The index is validated as a whole when the checkpoint is listed (valid JSON, a
-weight_map of str → str, every shard a file inside the index's directory);
-each shard's own header is read only when iteration reaches that shard, so a
-damaged shard does not hide the ones before it. Shards are visited in sorted
+The index is validated as a whole when the checkpoint is listed (strict UTF-8
+JSON, see :mod:`svdguard.io.strict_json`; a weight_map of str → str; every
+shard name a relative path inside the index's directory): an invalid index is
+one failed unit. Each shard is then its own unit: a shard that is missing or
+invalid becomes one :class:`~svdguard.io.records.FailedUnit` naming the shard
+file, and the other shards are still listed. Shards are visited in sorted
 order, and the tensors of a shard in the shard's own (file) order, so that the
-payloads are read sequentially.
+payloads are read sequentially. :func:`shard_of` answers which shard holds one
+tensor, so that reading it touches that shard only.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from svdguard.errors import InputError, ResourceLimitError
 from svdguard.io.limits import MAX_INDEX_BYTES
-from svdguard.io.records import TensorRecord
+from svdguard.io.records import FailedUnit, TensorRecord
+from svdguard.io.strict_json import JsonProblem, parse_json
 
 INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
 SHARD_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+#: Lists one shard: its records and failed units.
+ShardLister = Callable[[Path], Iterable["TensorRecord | FailedUnit"]]
 
 
 def is_index(path: Path) -> bool:
@@ -32,7 +38,8 @@ def _bad(message: str, path: Path) -> InputError:
     return InputError(f"invalid checkpoint index: {message}", path=path)
 
 
-def _load_weight_map(index: Path) -> dict[str, str]:
+def load_weight_map(index: Path) -> dict[str, str]:
+    """The index's weight_map (tensor → shard name); InputError naming the index if invalid."""
     try:
         size = index.stat().st_size
         if size > MAX_INDEX_BYTES:
@@ -44,9 +51,9 @@ def _load_weight_map(index: Path) -> dict[str, str]:
     except OSError as err:
         raise InputError(f"cannot read: {err.strerror or err}", path=index) from None
     try:
-        document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise _bad("not valid UTF-8 JSON", index) from None
+        document = parse_json(raw)
+    except JsonProblem as problem:
+        raise _bad(f"the file is {problem}", index) from None
     if not isinstance(document, dict) or "weight_map" not in document:
         raise _bad('no "weight_map" object (expected {"weight_map": {tensor: shard}})', index)
     weight_map = document["weight_map"]
@@ -56,6 +63,8 @@ def _load_weight_map(index: Path) -> dict[str, str]:
         raise _bad('"weight_map" must map tensor names to shard file names', index)
     if not weight_map:
         raise _bad('"weight_map" is empty', index)
+    for shard in set(weight_map.values()):
+        _shard_path(index, shard)  # every name is checked before any shard is read
     return weight_map
 
 
@@ -73,40 +82,71 @@ def _shard_path(index: Path, shard: str) -> Path:
     normalised = PurePosixPath(os.path.normpath(shard.replace("\\", "/")))
     if normalised.parts[:1] == ("..",):
         raise _bad(f"shard {shard!r} lies outside the index's directory; refused", index)
-    candidate = index.parent / normalised
+    return index.parent / normalised
+
+
+def _missing_shard(index: Path, shard: str, shard_path: Path) -> InputError | None:
     try:
-        present = candidate.is_file()
+        present = shard_path.is_file()
     except OSError:
         present = False
-    if not present:
-        raise _bad(f"shard {shard!r} is missing (expected {index.parent / shard})", index)
-    return candidate
+    if present:
+        return None
+    return InputError(
+        f"the shard {shard!r} named by {index.name} is missing (expected at {shard_path}); "
+        "re-download the checkpoint",
+        path=shard_path,
+    )
+
+
+def shard_of(index: Path, key: str) -> Path:
+    """The shard file that holds tensor ``key``; InputError if the index does not name it."""
+    weight_map = load_weight_map(index)
+    if key not in weight_map:
+        names = sorted(weight_map)
+        raise InputError(
+            f"no tensor named {key!r} in the index; available: {_list(names)}",
+            path=index,
+            key=key,
+        )
+    shard_path = _shard_path(index, weight_map[key])
+    missing = _missing_shard(index, weight_map[key], shard_path)
+    if missing is not None:
+        raise missing
+    return shard_path
 
 
 def _list(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")
 
 
-def iter_sharded_records(
-    index: Path, read_shard: Callable[[Path], Iterable[TensorRecord]]
-) -> Iterator[TensorRecord]:
-    """The records of every tensor in the weight_map, shard by shard."""
-    weight_map = _load_weight_map(index)
+def iter_sharded_units(index: Path, list_shard: ShardLister) -> Iterator[TensorRecord | FailedUnit]:
+    """The records of every tensor in the weight_map, shard by shard; a bad shard is one unit."""
+    weight_map = load_weight_map(index)
     by_shard: dict[str, set[str]] = {}
     for key, shard in weight_map.items():
         by_shard.setdefault(shard, set()).add(key)
-    shard_paths = {shard: _shard_path(index, shard) for shard in sorted(by_shard)}
-    for shard, shard_path in shard_paths.items():
+    for shard in sorted(by_shard):
+        shard_path = _shard_path(index, shard)
+        missing = _missing_shard(index, shard, shard_path)
+        if missing is not None:
+            yield FailedUnit(shard_path, None, missing, index)
+            continue
         wanted = by_shard[shard]
         found = set()
-        for record in read_shard(shard_path):
-            if record.key in wanted:
-                found.add(record.key)
-                yield record
-        missing = sorted(wanted - found)
-        if missing:
-            raise InputError(
-                f"maps {len(missing)} tensor(s) to the shard {shard} that it does not hold: "
-                f"{_list(missing)}; the index and its shards do not match (re-download them)",
-                path=index,
+        failed = False
+        for unit in list_shard(shard_path):
+            if isinstance(unit, FailedUnit):
+                failed = True
+                yield FailedUnit(unit.path, unit.key, unit.error, index)
+            elif unit.key in wanted:
+                found.add(unit.key)
+                yield unit
+        absent = sorted(wanted - found)
+        if absent and not failed:
+            error = InputError(
+                f"{index.name} maps {len(absent)} tensor(s) to this shard that it does not "
+                f"hold: {_list(absent)}; the index and its shards do not match (re-download them)",
+                path=shard_path,
             )
+            yield FailedUnit(shard_path, None, error, index)

@@ -113,8 +113,85 @@ def _torch_bytes(obj: object) -> bytes:
     return buffer.getvalue()
 
 
+#: The inflated size of the deflate bomb's member: far beyond its 8-element header, small to build.
+DEFLATE_BOMB_BYTES = 16 * 2**20
+#: Nesting of the shared-dict pickle: 2**40 paths if walked naively, 40 steps when walked once.
+SHARED_DICT_LEVELS = 40
+#: Side of the stride-0 expanded matrix: 10**10 elements, beyond DEFAULT_MAX_ELEMENTS.
+EXPAND_BOMB_SIDE = 100_000
+
+
+def deflate_bomb_npz() -> bytes:
+    """An .npz whose member declares 8 float64 values but inflates to DEFLATE_BOMB_BYTES."""
+    header = _npy_of(np.zeros(8))
+    buffer = io.BytesIO()
+    with (
+        zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+        archive.open("w.npy", "w") as member,
+    ):
+        member.write(header)
+        zeros = bytes(2**20)
+        for _ in range(DEFLATE_BOMB_BYTES // len(zeros)):
+            member.write(zeros)
+    return buffer.getvalue()
+
+
+def shared_dict_pt(levels: int = SHARED_DICT_LEVELS) -> bytes:
+    """d = {"a": d, "b": d}, ``levels`` deep, around one tensor: a 2 KB pickle of 2**levels paths."""
+    tree: dict[str, object] = {"w": torch.arange(4.0).reshape(2, 2)}
+    for _ in range(levels):
+        tree = {"a": tree, "b": tree}
+    return _torch_bytes(tree)
+
+
+def expand_bomb_pt(side: int = EXPAND_BOMB_SIDE) -> bytes:
+    """torch.ones(1).expand(side, side) saved by torch.save: one stored float, side² elements."""
+    return _torch_bytes({"w": torch.ones(1).expand(side, side)})
+
+
+def deflated_pickle_pt(padding: int = DEFLATE_BOMB_BYTES) -> bytes:
+    """A torch.save archive re-packed deflated, its data.pkl padded to inflate by ``padding`` bytes.
+
+    The pickle stops at its STOP opcode, so the zeros after it change nothing for an
+    unpickler; a reader that inflates data.pkl whole allocates them all.
+    """
+    original = zipfile.ZipFile(io.BytesIO(_torch_bytes({"w": torch.eye(3)})))
+    result = io.BytesIO()
+    zeros = bytes(2**20)
+    with zipfile.ZipFile(result, "w", compression=zipfile.ZIP_DEFLATED) as target:
+        for info in original.infolist():
+            with target.open(info.filename, "w") as member:
+                member.write(original.read(info.filename))
+                if info.filename.endswith("data.pkl"):
+                    for _ in range(padding // len(zeros)):
+                        member.write(zeros)
+    return result.getvalue()
+
+
+def lone_surrogate_key_pt() -> bytes:
+    """A state dict whose key holds a lone surrogate (pickle carries it; JSON formats refuse it)."""
+    return _torch_bytes({"w\udc80": torch.eye(2)})
+
+
+def _cyclic_pt() -> bytes:
+    state: dict[str, object] = {"w": torch.eye(2)}
+    state["self"] = state
+    return _torch_bytes(state)
+
+
+def _make_dangling_link_directory(path: Path) -> None:
+    path.mkdir(exist_ok=True)
+    (path / "w.npy").write_bytes(_npy_of(np.eye(2)))
+    link = path / "x.npy"
+    if not link.is_symlink():
+        link.symlink_to(path / "deleted.npy")
+
+
 def _index(weight_map: object) -> bytes:
     return json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+
+
+TERA = 10**12
 
 
 def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], type | None, str]]:
@@ -147,25 +224,25 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             "st_invalid_json.safetensors",
             safetensors_bytes(b'{"w": {"dtype": '),
             InputError,
-            "not valid UTF-8 JSON",
+            "the header is not valid JSON",
         ),
         (
             "st_not_utf8.safetensors",
             safetensors_bytes(b'{"\xff\xfe": 1}'),
             InputError,
-            "not valid UTF-8 JSON",
+            "the header is not valid UTF-8",
         ),
         (
             "st_header_not_dict.safetensors",
             safetensors_bytes([1, 2, 3]),
             InputError,
-            "not a JSON object (got array)",
+            "the header is a JSON array, not an object",
         ),
         (
             "st_entry_not_dict.safetensors",
             safetensors_bytes({"w": 5}),
             InputError,
-            "entry is not a JSON object (got number)",
+            "the entry is a JSON number, not an object",
         ),
         (
             "st_unknown_dtype.safetensors",
@@ -197,13 +274,13 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             "st_offsets_reversed.safetensors",
             safetensors_bytes({"w": {**st_entry, "data_offsets": [64, 0]}}, f32_4x4),
             InputError,
-            "end before they begin",
+            "ends before it begins",
         ),
         (
             "st_offsets_out_of_range.safetensors",
             safetensors_bytes({"w": {**st_entry, "data_offsets": [10**15, 10**15 + 64]}}, f32_4x4),
             InputError,
-            "data_offsets end at byte",
+            "leaves a gap",
         ),
         (
             "st_byte_count_mismatch.safetensors",
@@ -216,10 +293,107 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             safetensors_bytes(
                 {"w": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 4 * 10**12]}}
             ),
-            ResourceLimitError,
-            "1,000,000,000,000 elements",
+            InputError,
+            "the data section is cut short",
         ),
-        ("st_truncated_payload.safetensors", valid_st[:-20], InputError, "payload truncated"),
+        (
+            "st_truncated_payload.safetensors",
+            valid_st[:-20],
+            InputError,
+            "the data section is cut short",
+        ),
+        (
+            "st_gap_between_tensors.safetensors",
+            safetensors_bytes(
+                {"a": st_entry, "b": {**st_entry, "data_offsets": [80, 144]}}, f32_4x4 * 3
+            ),
+            InputError,
+            "leaves a gap",
+        ),
+        (
+            "st_trailing_bytes.safetensors",
+            valid_st + b"\0" * 16,
+            InputError,
+            "has bytes no tensor claims",
+        ),
+        (
+            "st_unknown_dtype_far_offsets.safetensors",
+            safetensors_bytes(
+                {"w": {"dtype": "Q9", "shape": [2], "data_offsets": [10**15, 10**15 + 8]}}
+            ),
+            InputError,
+            "unknown dtype 'Q9'",
+        ),
+        (
+            "st_declares_4tb.safetensors",
+            safetensors_bytes(
+                {"w": {"dtype": "F32", "shape": [TERA], "data_offsets": [0, 4 * TERA]}}
+            ),
+            InputError,
+            "cut short",
+        ),
+        (
+            "st_duplicate_keys.safetensors",
+            safetensors_bytes(
+                b'{"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}, '
+                b'"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}',
+                f32_4x4,
+            ),
+            InputError,
+            "appears twice",
+        ),
+        (
+            "st_huge_integer.safetensors",
+            safetensors_bytes(
+                b'{"w": {"dtype": "F32", "shape": ['
+                + b"9" * 5000
+                + b'], "data_offsets": [0, 64]}}',
+                f32_4x4,
+            ),
+            InputError,
+            "a number Python refuses",
+        ),
+        (
+            "st_nan_literal.safetensors",
+            safetensors_bytes(
+                b'{"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64], "x": NaN}}',
+                f32_4x4,
+            ),
+            InputError,
+            "NaN is not a JSON value",
+        ),
+        (
+            "st_lone_surrogate_key.safetensors",
+            safetensors_bytes(
+                b'{"\\ud800": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}', f32_4x4
+            ),
+            InputError,
+            "lone UTF-16 surrogate",
+        ),
+        (
+            "st_metadata_not_strings.safetensors",
+            safetensors_bytes({"__metadata__": {"epoch": 3}, "w": st_entry}, f32_4x4),
+            InputError,
+            "__metadata__ must map strings to strings",
+        ),
+        (
+            "st_fp8_e4m3.safetensors",
+            safetensors_bytes(
+                {"w": {"dtype": "F8_E4M3", "shape": [2, 2], "data_offsets": [0, 4]}},
+                bytes([0x38, 0x40, 0x00, 0xB8]),  # 1, 2, 0, -1 in e4m3
+            ),
+            None,
+            "",
+        ),
+        (
+            "st_fp8_e5m2.safetensors",
+            safetensors_bytes(
+                {"w": {"dtype": "F8_E5M2", "shape": [2, 2], "data_offsets": [0, 4]}},
+                bytes([0x3C, 0x40, 0x00, 0xBC]),  # 1, 2, 0, -1 in e5m2
+            ),
+            None,
+            "",
+        ),
         # --- npy -------------------------------------------------------------------------
         ("npy_bad_magic.npy", b"\x93NUMPZ\x01\x00" + valid_npy[8:], InputError, "bad magic"),
         ("npy_truncated_header.npy", valid_npy[:40], InputError, "ends inside the header"),
@@ -236,8 +410,8 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
         (
             "npy_absurd_shape.npy",
             npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (1000000, 1000000), }"),
-            ResourceLimitError,
-            "exceeds the limit",
+            InputError,
+            "payload truncated",
         ),
         (
             "npy_unicode_dtype.npy",
@@ -281,6 +455,24 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             InputError,
             "not a numpy dtype",
         ),
+        (
+            "npy_subarray_dtype.npy",
+            npy_bytes(
+                "{'descr': ('<f8', (3,)), 'fortran_order': False, 'shape': (2,), }", b"\0" * 48
+            ),
+            InputError,
+            "sub-array dtype",
+        ),
+        (
+            "npy_header_beyond_numpy_limit.npy",
+            npy_bytes(
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }" + " " * 20_000,
+                b"\0" * 16,
+                version=2,
+            ),
+            ResourceLimitError,
+            "exceeds the limit of 10,000",
+        ),
         # --- npz -------------------------------------------------------------------------
         (
             "npz_not_a_zip.npz",
@@ -298,7 +490,7 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             "npz_non_npy_member.npz",
             _npz_bytes({"w.npy": valid_npy, "README.txt": b"hi"}),
             InputError,
-            "member 'README.txt' is not a .npy array",
+            "member 'README.txt': not a .npy array",
         ),
         ("npz_corrupt_member.npz", bytes(corrupt_member), InputError, "corrupt member"),
         (
@@ -325,12 +517,18 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             InputError,
             "bad magic",
         ),
+        (
+            "npz_deflate_bomb.npz",
+            deflate_bomb_npz(),
+            InputError,
+            "bytes more than its header declares",
+        ),
         # --- sharded index ---------------------------------------------------------------
         (
             "idx_invalid_json.safetensors.index.json",
             b'{"weight_map": {',
             InputError,
-            "not valid UTF-8 JSON",
+            "the file is not valid JSON",
         ),
         (
             "idx_no_weight_map.safetensors.index.json",
@@ -348,7 +546,7 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             "idx_shard_missing.safetensors.index.json",
             _index({"w": "missing-00001-of-00001.safetensors"}),
             InputError,
-            "'missing-00001-of-00001.safetensors' is missing",
+            "the shard 'missing-00001-of-00001.safetensors' named by",
         ),
         (
             "idx_shard_outside.safetensors.index.json",
@@ -367,6 +565,36 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             _index({"not_there": "st_valid_shard.safetensors"}),
             InputError,
             "does not hold: not_there",
+        ),
+        (
+            "idx_huge_integer.safetensors.index.json",
+            b'{"metadata": {"total_size": ' + b"1" * 5000 + b'}, "weight_map": {}}',
+            InputError,
+            "a number Python refuses",
+        ),
+        (
+            "idx_nan_literal.safetensors.index.json",
+            b'{"metadata": {"total_size": NaN}, "weight_map": {"w": "st_valid_shard.safetensors"}}',
+            InputError,
+            "NaN is not a JSON value",
+        ),
+        (
+            "idx_duplicate_keys.safetensors.index.json",
+            b'{"weight_map": {"w": "st_valid_shard.safetensors", "w": "other.safetensors"}}',
+            InputError,
+            "appears twice",
+        ),
+        (
+            "idx_lone_surrogate.safetensors.index.json",
+            b'{"weight_map": {"\\udc80": "st_valid_shard.safetensors"}}',
+            InputError,
+            "lone UTF-16 surrogate",
+        ),
+        (
+            "idx_not_an_object.safetensors.index.json",
+            b'["weight_map"]',
+            InputError,
+            'no "weight_map" object',
         ),
         ("st_valid_shard.safetensors", valid_st, None, ""),
         # --- torch -----------------------------------------------------------------------
@@ -389,6 +617,11 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
             "not a readable torch checkpoint",
         ),
         ("pt_not_a_dict.pt", _torch_bytes([1, 2, 3]), InputError, "holds a list, not a state dict"),
+        ("pt_shared_dict_bomb.pt", shared_dict_pt(), None, ""),
+        ("pt_cyclic_dict.pt", _cyclic_pt(), None, ""),
+        ("pt_expand_bomb.pt", expand_bomb_pt(), ResourceLimitError, "exceeds the limit"),
+        ("pt_deflated_members.pt", deflated_pickle_pt(), InputError, "is compressed"),
+        ("dangling_link", _make_dangling_link_directory, InputError, "dangling link"),
         # --- empty files, unknown suffix, empty directory, a valid NaN matrix ------------
         ("empty.npy", b"", InputError, "the file is empty"),
         ("empty.npz", b"", InputError, "the file is empty"),

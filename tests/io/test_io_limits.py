@@ -18,7 +18,15 @@ from corpus.make_corpus import npy_bytes, safetensors_bytes
 from safetensors.torch import save_file
 
 from svdguard.errors import InputError, ResourceLimitError
-from svdguard.io import DEFAULT_MAX_ELEMENTS, TensorRecord, iter_records
+from svdguard.io import (
+    DEFAULT_MAX_ELEMENTS,
+    FailedUnit,
+    TensorRecord,
+    find_record,
+    iter_records,
+    iter_units,
+    read_tensor,
+)
 from svdguard.io import limits as limits_module
 
 TERA = 10**12
@@ -28,6 +36,7 @@ HEADER_PARSE_BUDGET = 2**20
 
 
 def _huge_files(directory: Path) -> list[Path]:
+    """Headers that declare a tera-element tensor with no payload behind it: corrupt files."""
     huge_st = directory / "huge.safetensors"
     huge_st.write_bytes(
         safetensors_bytes({"w": {"dtype": "F32", "shape": [TERA], "data_offsets": [0, 4 * TERA]}})
@@ -42,9 +51,7 @@ def _huge_files(directory: Path) -> list[Path]:
     return [huge_st, huge_npy, huge_npz]
 
 
-def test_declared_tera_tensor_refused_without_allocating(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _spy_on_empty(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
     allocations: list[tuple[object, ...]] = []
     real_empty = torch.empty
 
@@ -52,22 +59,57 @@ def test_declared_tera_tensor_refused_without_allocating(
         allocations.append(args)
         return real_empty(*args, **kwargs)  # type: ignore[arg-type]
 
-    files = _huge_files(tmp_path)
     monkeypatch.setattr(torch, "empty", spy_empty)
+    return allocations
+
+
+def test_declared_tera_tensor_is_corrupt_not_too_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 100-byte file declaring 4-8 TB is refused as corrupt at listing, allocating nothing."""
+    files = _huge_files(tmp_path)
+    allocations = _spy_on_empty(monkeypatch)
     tracemalloc.start()
     try:
         for path in files:
-            (record,) = iter_records(path)
-            assert record.numel == TERA
-            with pytest.raises(ResourceLimitError, match="1,000,000,000,000 elements") as info:
-                record.load()
-            assert str(path) in str(info.value)
-            assert f"{DEFAULT_MAX_ELEMENTS:,}" in str(info.value)
+            with pytest.raises(InputError) as info:
+                list(iter_records(path))
+            assert not isinstance(info.value, ResourceLimitError), info.value
+            assert str(info.value).startswith(str(path))
+            assert "cut short" in str(info.value) or "payload truncated" in str(info.value)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert allocations == []  # no tensor buffer was ever requested
     assert peak < HEADER_PARSE_BUDGET
+
+
+def test_valid_but_too_large_is_a_resource_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A valid (sparse) file whose tensor exceeds max_elements lists, then load() refuses it."""
+    numel = DEFAULT_MAX_ELEMENTS + 1
+    npy_path = tmp_path / "big.npy"
+    header = npy_bytes(f"{{'descr': '|u1', 'fortran_order': False, 'shape': ({numel},), }}")
+    with open(npy_path, "wb") as stream:
+        stream.write(header)
+        stream.truncate(len(header) + numel)  # a sparse file: no disk blocks written
+    st_path = tmp_path / "big.safetensors"
+    st_header = safetensors_bytes(
+        {"w": {"dtype": "U8", "shape": [numel], "data_offsets": [0, numel]}}
+    )
+    with open(st_path, "wb") as stream:
+        stream.write(st_header)
+        stream.truncate(len(st_header) + numel)
+    allocations = _spy_on_empty(monkeypatch)
+    for path in (npy_path, st_path):
+        (record,) = iter_records(path)
+        assert record.numel == numel
+        with pytest.raises(ResourceLimitError, match=f"{numel:,} elements") as info:
+            record.load()
+        assert str(path) in str(info.value) and "max_elements=" in str(info.value)
+        assert "--" not in str(info.value)  # the library names parameters, not flags
+    assert allocations == []
 
 
 def test_max_elements_is_per_record(tmp_path: Path) -> None:
@@ -112,51 +154,122 @@ def test_memory_available_fallback(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert available is None or available > 0
 
 
-def test_one_bad_tensor_does_not_stop_a_file(tmp_path: Path) -> None:
+def test_one_unreadable_dtype_does_not_stop_a_file(tmp_path: Path) -> None:
+    """F4 is a valid safetensors dtype svdguard cannot hold: only that tensor fails to load."""
     good = np.arange(16, dtype="<f4")
-    entry = {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}
     header = {
-        "good": entry,
-        "cut": {**entry, "data_offsets": [64, 128]},
-        "new": {"dtype": "F4", "shape": [4, 4], "data_offsets": [128, 136]},
+        "good": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]},
+        "packed": {"dtype": "F4", "shape": [4, 4], "data_offsets": [64, 72]},
     }
     path = tmp_path / "partial.safetensors"
-    path.write_bytes(safetensors_bytes(header, good.tobytes() + good.tobytes()[:10]))
+    path.write_bytes(safetensors_bytes(header, good.tobytes() + bytes(8)))
     records = {record.key: record for record in iter_records(path)}
-    assert set(records) == {"good", "cut", "new"} and records["new"].dtype == "F4"
+    assert set(records) == {"good", "packed"} and records["packed"].dtype == "F4"
     assert np.array_equal(records["good"].load().numpy(), good.reshape(4, 4))
-    with pytest.raises(InputError, match="payload truncated") as info:
-        records["cut"].load()
-    assert "partial.safetensors[cut]" in str(info.value)
-    with pytest.raises(InputError, match="unknown dtype 'F4'"):
-        records["new"].load()
+    with pytest.raises(InputError, match="cannot hold dtype 'F4'") as info:
+        records["packed"].load()
+    assert "partial.safetensors[packed]" in str(info.value)
+
+
+def test_truncated_safetensors_is_one_failed_unit(tmp_path: Path) -> None:
+    """safe_open refuses a file whose data section is cut short: so does svdguard, as a whole."""
+    good = np.arange(16, dtype="<f4").tobytes()
+    entry = {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}
+    header = {"good": entry, "cut": {**entry, "data_offsets": [64, 128]}}
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(safetensors_bytes(header, good + good[:10]))
+    (unit,) = iter_units(path)
+    assert isinstance(unit, FailedUnit) and unit.whole_file and unit.key is None
+    assert "cut short" in str(unit.error)
+    with pytest.raises(InputError, match="cut short"):
+        list(iter_records(path))
+
+
+def _npy_member(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def test_one_bad_npz_member(tmp_path: Path) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, np.arange(6.0))
-    member = buffer.getvalue()
+    """Members a, bad b, c: a and c list and load, b is one failed unit naming it."""
     path = tmp_path / "mixed.npz"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("good.npy", member)
-        archive.writestr("cut.npy", member[:-8])
-    records = {record.key: record for record in iter_records(path)}
-    assert np.array_equal(records["good"].load().numpy(), np.arange(6.0))
-    with pytest.raises(InputError, match="payload truncated"):
-        records["cut"].load()
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("a.npy", _npy_member(np.arange(6.0)))
+        archive.writestr("b.npy", _npy_member(np.arange(6.0))[:-8])
+        archive.writestr("c.npy", _npy_member(np.eye(3)))
+    units = list(iter_units(path))
+    assert [unit.key for unit in units] == ["a", "b", "c"]
+    assert isinstance(units[1], FailedUnit) and not units[1].whole_file
+    assert units[1].display_name == "mixed.npz[b]"
+    assert "payload truncated" in str(units[1].error)
+    assert np.array_equal(units[0].load().numpy(), np.arange(6.0))  # type: ignore[union-attr]
+    assert np.array_equal(units[2].load().numpy(), np.eye(3))  # type: ignore[union-attr]
+    listed = []
+    with pytest.raises(InputError, match="member 'b': payload truncated") as info:
+        listed.extend(record.key for record in iter_records(path))
+    assert listed == ["a", "c"] and str(info.value).startswith(str(path))
+    assert np.array_equal(read_tensor(path, "c").numpy(), np.eye(3))  # b does not stop c
 
 
-def test_bad_shard_does_not_hide_earlier_shards(tmp_path: Path) -> None:
+def test_bad_shard_does_not_hide_the_others(tmp_path: Path) -> None:
+    """Shards a, b (corrupt), c: a and c list and load, b is one failed unit naming its file."""
     save_file({"a": torch.ones(2, 2)}, tmp_path / "s1.safetensors")
     (tmp_path / "s2.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    save_file({"c": torch.eye(2)}, tmp_path / "s3.safetensors")
     index = tmp_path / "model.safetensors.index.json"
-    index.write_text(json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}))
-    records = iter_records(index)
-    first = next(records)
-    assert first.key == "a" and torch.equal(first.load(), torch.ones(2, 2))
-    with pytest.raises(InputError, match="not valid UTF-8 JSON") as info:
-        next(records)
-    assert "s2.safetensors" in str(info.value)
+    weight_map = {"a": "s1.safetensors", "b": "s2.safetensors", "c": "s3.safetensors"}
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    units = list(iter_units(index))
+    assert [type(unit).__name__ for unit in units] == ["TensorRecord", "FailedUnit", "TensorRecord"]
+    failed = units[1]
+    assert isinstance(failed, FailedUnit) and failed.path == tmp_path / "s2.safetensors"
+    assert failed.source == index and not failed.whole_file
+    assert "not valid JSON" in str(failed.error) and "s2.safetensors" in str(failed.error)
+    assert torch.equal(units[2].load(), torch.eye(2))  # type: ignore[union-attr]
+    listed = []
+    with pytest.raises(InputError, match="shard s2.safetensors: invalid safetensors") as info:
+        listed.extend(record.key for record in iter_records(index))
+    assert listed == ["a", "c"] and str(info.value).startswith(str(index))
+
+
+def test_missing_shard_is_one_failed_unit(tmp_path: Path) -> None:
+    save_file({"a": torch.ones(2, 2)}, tmp_path / "s1.safetensors")
+    save_file({"c": torch.eye(2)}, tmp_path / "s3.safetensors")
+    index = tmp_path / "model.safetensors.index.json"
+    weight_map = {"a": "s1.safetensors", "b": "s2.safetensors", "c": "s3.safetensors"}
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    units = list(iter_units(index))
+    assert [unit.key for unit in units] == ["a", None, "c"]
+    assert isinstance(units[1], FailedUnit) and "s2.safetensors" in str(units[1].error)
+    assert "missing" in str(units[1].error)
+
+
+def test_find_record_reads_only_the_shard_holding_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_file({"a": torch.ones(2, 2)}, tmp_path / "s1.safetensors")
+    (tmp_path / "s2.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{]")
+    save_file({"c": torch.eye(2)}, tmp_path / "s3.safetensors")
+    index = tmp_path / "model.safetensors.index.json"
+    weight_map = {"a": "s1.safetensors", "b": "s2.safetensors", "c": "s3.safetensors"}
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    opened: list[str] = []
+    real_open = open
+
+    def spy_open(file: object, *args: object, **kwargs: object) -> object:
+        opened.append(Path(str(file)).name)
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", spy_open)
+    record = find_record(index, "c")
+    assert torch.equal(record.load(), torch.eye(2))
+    assert "s3.safetensors" in opened
+    assert not {"s1.safetensors", "s2.safetensors"} & set(opened), opened
+    with pytest.raises(InputError, match="s2.safetensors"):
+        find_record(index, "b")
+    with pytest.raises(InputError, match="no tensor named 'zz'"):
+        find_record(index, "zz")
 
 
 def test_handmade_record_checks_limits(tmp_path: Path) -> None:

@@ -282,3 +282,13 @@ def test_null_byte_path() -> None:
     ):
         with pytest.raises(InputError, match="bad"):
             call()
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_npy_every_format_version(tmp_path: Path, version: tuple[int, int]) -> None:
+    array = np.arange(12.0).reshape(3, 4)
+    with open(tmp_path / "v.npy", "wb") as stream:
+        np.lib.format.write_array(stream, array, version=version)
+    assert np.array_equal(np.load(tmp_path / "v.npy"), array)  # the reference reads it
+    (record,) = iter_records(tmp_path / "v.npy")
+    assert np.array_equal(record.load().numpy(), array)
