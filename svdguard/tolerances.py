@@ -128,6 +128,31 @@ def stabilizer_bias_tolerance(dtype: torch.dtype) -> float:
     return math.sqrt(machine_eps(dtype))
 
 
+def rounding_resolution(dtype: torch.dtype) -> float:
+    """Rule (a) of the rounding rule (docs/backward.md): a numerator counts as resolved above √ε.
+
+    A term N/den whose denominator is at rounding level is kept only if
+    |N| > √ε·Σ|summands of N|. N is a sum of products computed to about
+    ε·Σ|summands|, so this leaves it (and the quotient) at least half its digits;
+    a numerator that is pure rounding (a gauge-invariant loss at an exact tie)
+    falls below it by many orders in float32 and float64.
+    """
+    return math.sqrt(machine_eps(dtype))
+
+
+def rounding_quotient_bound(dtype: torch.dtype) -> float:
+    """Rule (b) of the rounding rule: a kept quotient stays below G/(√ε·σ_max); this returns 1/√ε.
+
+    G is the largest summand of the backward (largest column norm of gU, gV),
+    so G/σ_max is the gradient's natural scale. A numerator that vanishes with
+    its denominator (a loss of U diag(h(S)) Vᴴ with h(0) = 0) gives a quotient
+    of that scale; one that does not (the loss depends on singular vectors of a
+    zero singular value, where no derivative exists) gives about 1/ε times it.
+    1/√ε separates the two with √ε margin on each side.
+    """
+    return 1.0 / math.sqrt(machine_eps(dtype))
+
+
 # --- thresholds of `svdguard inspect` -------------------------------------------------
 # ε_w below is the ε of the tensor's *working dtype*, ``compute_dtype(storage)``: the
 # dtype its users decompose it in (float32 for bf16/fp16/fp8 storage). ε_p is the ε of
