@@ -360,7 +360,10 @@ def test_trivialize_zeroes_ill_conditioned_elements_and_says_which():
     w = weights((4, 4), torch.float64, seed=34)
     with pytest.warns(SvdguardWarning, match=r"batch elements \(1,\)"):
         g = grad_of(
-            loss_polar, batch, lambda x: svdguard.svd(x, False, method="trivialize", max_cond=1e6), w
+            loss_polar,
+            batch,
+            lambda x: svdguard.svd(x, False, method="trivialize", max_cond=1e6),
+            w,
         )
     assert torch.equal(g[1], torch.zeros_like(g[1]))
     expected = grad_of(loss_polar, good, torch_thin, w)
@@ -417,9 +420,7 @@ def test_vmap_matches_batched_call():
         return loss_polar(svdguard.svd(x, False), w) + loss_values(svdguard.svd(x, False), w)
 
     per_element = vmap(grad(f))(batch)
-    batched = grad_of(
-        lambda fac, w: loss_polar(fac, w) + loss_values(fac, w), batch, thin_svd, w
-    )
+    batched = grad_of(lambda fac, w: loss_polar(fac, w) + loss_values(fac, w), batch, thin_svd, w)
     assert relative_error(per_element, batched) <= exactness_tolerance(torch.float64)
 
 

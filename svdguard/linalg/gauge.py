@@ -206,9 +206,7 @@ def find_gauge_violations(
         vhgv = Vh @ gVh.mH
         jk = jk + (vhgv - vhgv.mH)
         scale = scale + torch.linalg.matrix_norm(gVh)
-    null_size, null_flag = (
-        _null_space_sizes(U, S, Vh, gU, gVh) if null_space else (None, None)
-    )
+    null_size, null_flag = _null_space_sizes(U, S, Vh, gU, gVh) if null_space else (None, None)
     limit = gauge_tolerance(S.dtype)
     tiny = torch.finfo(S.dtype).tiny
     found = []

@@ -61,7 +61,6 @@ from svdguard.tolerances import (
     default_clamp_eps,
     default_lorentz_eps,
     default_max_cond,
-    machine_eps,
     rounding_quotient_bound,
     rounding_resolution,
     stabilizer_bias_tolerance,
@@ -321,7 +320,9 @@ def needs_guard(s: torch.Tensor, tau: torch.Tensor) -> bool:
     return bool((edges <= tau.squeeze(-1)).any())
 
 
-def unguarded_inner(s: torch.Tensor, J: torch.Tensor | None, K: torch.Tensor | None) -> torch.Tensor:
+def unguarded_inner(
+    s: torch.Tensor, J: torch.Tensor | None, K: torch.Tensor | None
+) -> torch.Tensor:
     """The exact kernel in combined form, for real inputs with no denominator at rounding level.
 
     X_ij = (J_ij s_j + s_i K_ij) / (s_j² − s_i²), the diagonal of the denominator
@@ -762,13 +763,10 @@ def stabilizer_from_name(
     for key in given:
         if key not in accepted:
             takers = [f"{n!r}" for n, c in STABILIZERS.items() if key in _field_names(c)]
-            raise InputError(
-                f"{key} applies to method={' or '.join(takers)}, not {method!r}"
-            )
+            raise InputError(f"{key} applies to method={' or '.join(takers)}, not {method!r}")
     value: Stabilizer = cls(**given)
     return value
 
 
 def _field_names(cls: type) -> set[str]:
     return {field.name for field in dataclasses.fields(cls)}
-

@@ -8,7 +8,8 @@ of :mod:`svdguard.linalg.stabilizers` for the inner matrix.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 
@@ -227,12 +228,16 @@ def svd(
         if not isinstance(A, torch.Tensor):
             _check_matrix(A, "svdguard.svd")
         _check_out(out, 3, "svdguard.svd", A)
-        return torch.linalg.svd(A, full_matrices=full_matrices, driver=driver, out=out)
+        return cast(
+            SVDResult, torch.linalg.svd(A, full_matrices=full_matrices, driver=driver, out=out)
+        )
     A = _check_matrix(A, "svdguard.svd")
     if isinstance(stabilizer, Native):
-        return torch.linalg.svd(A, full_matrices=full_matrices, driver=driver)
-    U, S, Vh = _SVDFunction.apply(A, full_matrices, driver, stabilizer, bool(gauge_check))
-    return torch.return_types.linalg_svd((U, S, Vh))  # type: ignore[no-any-return]
+        return cast(SVDResult, torch.linalg.svd(A, full_matrices=full_matrices, driver=driver))
+    apply = cast(Callable[..., SVDResult], _SVDFunction.apply)  # torch leaves apply untyped
+    U, S, Vh = apply(A, full_matrices, driver, stabilizer, bool(gauge_check))
+    named_tuple = getattr(torch.return_types, "linalg_svd")  # noqa: B009 (absent from torch's stubs)
+    return cast(SVDResult, named_tuple((U, S, Vh)))
 
 
 def svdvals(A: torch.Tensor, *, driver: str | None = None, out: Any = None) -> torch.Tensor:
@@ -248,10 +253,10 @@ def svdvals(A: torch.Tensor, *, driver: str | None = None, out: Any = None) -> t
         if not isinstance(A, torch.Tensor):
             _check_matrix(A, "svdguard.svdvals")
         _check_out(out, 1, "svdguard.svdvals", A)
-        return torch.linalg.svdvals(A, driver=driver, out=out)
+        return cast(torch.Tensor, torch.linalg.svdvals(A, driver=driver, out=out))
     A = _check_matrix(A, "svdguard.svdvals")
     if not (torch.is_grad_enabled() and A.requires_grad):
-        return torch.linalg.svdvals(A, driver=driver)
+        return cast(torch.Tensor, torch.linalg.svdvals(A, driver=driver))
     return svd(A, full_matrices=False, driver=driver)[1]
 
 
