@@ -1,1 +1,34 @@
-"""The math core: torch only, no I/O, no rich/typer."""
+"""The math core: torch only, no I/O, no rich/typer.
+
+The stabilizers of the SVD backward are values (docs/stabilizers.md):
+``svdguard.svd(A, method=Clamp(eps=1e-6))`` is ``svdguard.svd(A, method="clamp", eps=1e-6)``,
+and any value following :class:`Stabilizer` works.
+"""
+
+from svdguard.linalg.stabilizers import (
+    METHODS,
+    Auto,
+    BackwardContext,
+    Clamp,
+    Lorentz,
+    Native,
+    Seed,
+    Stabilizer,
+    Taylor,
+    Trivialize,
+    stabilizer_from_name,
+)
+
+__all__ = [
+    "METHODS",
+    "Auto",
+    "BackwardContext",
+    "Clamp",
+    "Lorentz",
+    "Native",
+    "Seed",
+    "Stabilizer",
+    "Taylor",
+    "Trivialize",
+    "stabilizer_from_name",
+]
