@@ -354,6 +354,11 @@ def tie_signs(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.where(upper, -torch.ones((), dtype=dtype), torch.ones((), dtype=dtype)).to(device)
 
 
+def _signs(d: torch.Tensor) -> torch.Tensor:
+    """sign(d_ij), an exact tie taking the sign distinct descending values would have."""
+    return torch.where(d != 0, torch.sign(d), tie_signs(d.shape[-1], d.dtype, d.device))
+
+
 def _upper(k: int, device: torch.device) -> torch.Tensor:
     return torch.ones(k, k, dtype=torch.bool, device=device).triu(1)
 
@@ -502,7 +507,9 @@ class Clamp(_Common):
     """Clamped difference part, exact sum part: 1/d → 1/d̃, d̃ = sign(d)·max(|d|, eps).
 
     X_ij = (J+K)_ij / (2 d̃_ij) + exact sum part (auto's rule); an exact tie takes
-    the sign distinct descending values would have. The rectangular 1/s_i →
+    the sign distinct descending values would have. Inside a rounding-level tie
+    (|d_ij| ≤ τ) a numerator that rule (a) does not resolve is rounding itself
+    and is dropped, as by auto (clamped, it would add rounding/eps). The rectangular 1/s_i →
     1/max(s_i, eps) (0 where s_i ≤ τ: the singular vector on the long side is
     arbitrary there). ``eps`` is absolute (units of s), default √ε·σ_max
     (:func:`svdguard.tolerances.default_clamp_eps`). Bounded by ~1/eps; biased
@@ -526,15 +533,18 @@ class Clamp(_Common):
     ) -> torch.Tensor:
         v_i, v_j = _pair_grids(values)
         d = v_j - v_i
-        k = values.shape[-1]
-        sign = torch.where(d != 0, torch.sign(d), tie_signs(k, values.dtype, values.device))
-        clamped = sign * torch.maximum(d.abs(), self.eps_for(scale, values.dtype))
+        clamped = _signs(d) * torch.maximum(d.abs(), self.eps_for(scale, values.dtype))
         return _off_diagonal(clamped.reciprocal())
 
     def inner(self, ctx: BackwardContext) -> torch.Tensor:
         jk_sum, _ = ctx.split
         half = self.inverse_differences(ctx.s, ctx.sigma_max, ctx.tau) / 2
-        return jk_sum * half + exact_sum_part(ctx)
+        # In a rounding-level tie an unresolved numerator is rounding itself: clamping would
+        # return rounding/eps (√ε relative for the default eps), so it is dropped as by auto.
+        s_i, s_j = _pair_grids(ctx.s)
+        resolved = jk_sum.detach().abs() > rounding_resolution(ctx.dtype) * ctx.summands
+        keep = ((s_j - s_i).abs() > ctx.tau) | resolved
+        return torch.where(keep, jk_sum * half, 0.0) + exact_sum_part(ctx)
 
     def inverse_singular_values(
         self, ctx: BackwardContext, projected: torch.Tensor, raw: torch.Tensor
@@ -660,8 +670,7 @@ class Taylor(_Common):
         series = torch.ones_like(ratio)
         for _ in range(self.degree):  # Horner: 1 + r(1 + r(1 + ...))
             series = 1 + ratio * series
-        signs = tie_signs(values.shape[-1], values.dtype, values.device)
-        return _off_diagonal(signs * series * inv_big)
+        return _off_diagonal(_signs(v_j - v_i) * series * inv_big)
 
     def inner(self, ctx: BackwardContext) -> torch.Tensor:
         jk_sum, _ = ctx.split
