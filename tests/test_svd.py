@@ -500,3 +500,133 @@ def test_jacrev_matches_torch_on_separated_input():
     theirs = jacrev(polar_of(torch_thin))(a)
     assert ours.shape == (4, 3, 4, 3)
     assert relative_error(ours, theirs) <= exactness_tolerance(torch.float64)
+
+
+# --- a drop-in for torch.linalg.svd / svdvals -----------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6), (2, 5, 5)])
+def test_defaults_are_torchs(shape):
+    a = random_matrix(*shape, seed=50)
+    ours, theirs = svdguard.svd(a), torch.linalg.svd(a)
+    assert type(ours) is type(theirs)
+    for x, y in zip(ours, theirs, strict=True):
+        assert x.shape == y.shape and torch.equal(x, y)
+    assert torch.equal(svdguard.svdvals(a), torch.linalg.svdvals(a))
+
+
+def _outcome(call):
+    try:
+        return "ok", call()
+    except Exception as err:  # the comparison is with whatever torch does
+        return type(err), str(err)
+
+
+@pytest.mark.parametrize("driver", ["gesvd", "gesvdj", "gesvda"])
+def test_driver_behaves_exactly_like_torch(driver):
+    a = random_matrix(5, 4, seed=51)
+    for ours_fn, torch_fn in (
+        (lambda: svdguard.svd(a, driver=driver), lambda: torch.linalg.svd(a, driver=driver)),
+        (
+            lambda: svdguard.svdvals(a, driver=driver),
+            lambda: torch.linalg.svdvals(a, driver=driver),
+        ),
+    ):
+        ours, theirs = _outcome(ours_fn), _outcome(torch_fn)
+        assert ours[0] == theirs[0]
+        if ours[0] == "ok":
+            for x, y in zip(ours[1], theirs[1], strict=True):
+                assert torch.equal(x, y)
+        else:
+            assert ours[1] == theirs[1]
+
+
+def test_out_fills_the_given_tensors_like_torch():
+    a = random_matrix(5, 3, seed=52)
+    out = tuple(torch.empty(0, dtype=torch.float64) for _ in range(3))
+    result = svdguard.svd(a, out=out)
+    for x, y, z in zip(out, torch.linalg.svd(a), result, strict=True):
+        assert torch.equal(x, y) and z is x
+    values = torch.empty(0, dtype=torch.float64)
+    assert svdguard.svdvals(a, out=values) is values
+    assert torch.equal(values, torch.linalg.svdvals(a))
+
+
+def test_out_refuses_autograd_and_bad_containers_clearly():
+    a = random_matrix(5, 3, seed=53).requires_grad_()
+    out = tuple(torch.empty(0, dtype=torch.float64) for _ in range(3))
+    with pytest.raises(InputError, match="out= does not support automatic differentiation"):
+        svdguard.svd(a, out=out)
+    with pytest.raises(InputError, match="out= does not support automatic differentiation"):
+        svdguard.svdvals(a, out=out[1])
+    with pytest.raises(InputError, match=r"out= must be a tuple of three tensors"):
+        svdguard.svd(a.detach(), out=out[:2])
+
+
+# --- gauge check at zero singular values (the null space) ----------------------------------------
+
+NULL_SPACE_CASES = [
+    ([3.0, 2.0, 0.0, 0.0, 0.0], 8, 5, "s3..s5"),
+    ([3.0, 2.0, 0.0, 0.0, 0.0], 5, 8, "s3..s5"),
+    ([3.0, 2.0, 1.0, 0.0, 0.0], 5, 5, "s4..s5"),
+]
+
+
+@pytest.mark.parametrize("values, m, n, labels", NULL_SPACE_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gauge_check_warns_when_the_polar_factor_of_a_rank_deficient_matrix_is_used(
+    values, m, n, labels, dtype
+):
+    a = with_singular_values(values, m, n, seed=54).to(dtype).requires_grad_()
+    w = weights((m, n), torch.float64, seed=55).to(dtype)
+    with pytest.warns(SvdguardWarning, match=rf"singular values {labels} are zero to rounding"):
+        loss_polar(svdguard.svd(a, False, gauge_check=True), w).backward()
+    assert torch.isfinite(a.grad).all()
+
+
+@pytest.mark.parametrize("values, m, n", [(v, m, n) for v, m, n, _ in NULL_SPACE_CASES])
+def test_gauge_check_is_silent_where_the_gradient_exists(values, m, n):
+    """⟨W, U diag(S) Vᴴ⟩ on the same matrices, and the polar factor with one zero (square)."""
+    a = with_singular_values(values, m, n, seed=54).requires_grad_()
+    w = weights((m, n), torch.float64, seed=55)
+    one_zero = with_singular_values([3.0, 2.0, 1.0, 1.0, 0.0], 5, 5, seed=56).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_reconstruct(svdguard.svd(a, False, gauge_check=True), w).backward()
+        loss_polar(svdguard.svd(one_zero, False, gauge_check=True), w[:5, :5]).backward()
+    assert relative_error(a.grad, w) <= exactness_tolerance(torch.float64)
+
+
+def test_gauge_report_per_element_ties_null_space_and_acting_pairs():
+    from svdguard.linalg.gauge import NULL_SPACE, TIE, gauge_report
+    from svdguard.linalg.stabilizers import Clamp
+
+    batch = torch.stack(
+        [
+            with_singular_values([3.0, 2.0, 2.0, 1.0, 0.5], 5, 5, seed=57),
+            with_singular_values([3.0, 2.0, 1.0, 0.0, 0.0], 5, 5, seed=58),
+            random_matrix(5, 5, seed=59),
+        ]
+    )
+    U, S, Vh = torch.linalg.svd(batch, full_matrices=False)
+    w = weights((5, 5), torch.float64, seed=60)
+    e_1 = torch.zeros(5, 5, dtype=torch.float64)
+    e_1[:, 1] = 1.0
+    grad_u = w @ Vh.mT + e_1  # the polar factor plus the second singular vector itself
+    grad_vh = U.mT @ w
+    report = gauge_report(U, S, Vh, grad_u, grad_vh, Clamp(1e-3))
+    assert [r.batch_index for r in report] == [(0,), (1,), (2,)]
+    assert [v.indices for v in report[0].ties] == [(1, 2)] and not report[0].null_space
+    assert report[0].ties[0].kind == TIE and report[0].ties[0].labels == "s2..s3"
+    assert [v.indices for v in report[1].null_space] == [(3, 4)]
+    assert report[1].null_space[0].kind == NULL_SPACE
+    assert report[0].acting_pairs == ((1, 2),) and report[1].acting_pairs == ((3, 4),)
+    assert report[2].gauge_invariant and report[2].acting_pairs == ()  # separated, full rank
+
+
+def test_labels_are_one_based():
+    from svdguard.linalg.gauge import value_labels
+
+    assert value_labels((1, 2)) == "s2..s3"
+    assert value_labels((3,)) == "s4"
+    assert value_labels((0, 2)) == "s1, s3"

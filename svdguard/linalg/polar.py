@@ -14,7 +14,9 @@ one arbitrary choice.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -67,7 +69,8 @@ def _check_gauge_in_backward(f: torch.Tensor, a: torch.Tensor, flip: bool, calle
         for violation in find_gauge_violations(u, s, vh, grad_u, grad_vh):
             warnings.warn(f"{caller} gauge check: {violation.describe()}", SvdguardWarning, 2)
 
-    f.register_hook(hook)
+    register = cast(Callable[[Callable[[torch.Tensor], None]], object], f.register_hook)
+    register(hook)  # torch leaves register_hook untyped
 
 
 def polar(a: torch.Tensor, *, gauge_check: bool = False) -> torch.Tensor:
@@ -115,7 +118,8 @@ def _cross_covariance(a: torch.Tensor, b: object) -> torch.Tensor:
             f"A {tuple(a.shape)} ({a.dtype}) and B {tuple(b.shape)} ({b.dtype})"
         )
     try:
-        torch.broadcast_shapes(work_a.shape[:-2], work_b.shape[:-2])
+        broadcast = cast(Callable[..., torch.Size], torch.broadcast_shapes)  # untyped in torch
+        broadcast(work_a.shape[:-2], work_b.shape[:-2])
     except RuntimeError:
         raise InputError(
             f"procrustes(A, B): batch shapes do not broadcast: A {tuple(a.shape)}, B {tuple(b.shape)}"
