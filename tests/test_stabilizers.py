@@ -387,3 +387,36 @@ def test_clamp_and_seed_equal_auto_away_from_their_clamp_zone(shape, method):
     auto = grad_of(every_factor, a, thin)
     clamped = grad_of(every_factor, a, lambda x: thin(x, method=method, eps=eps))
     assert relative_error(clamped, auto) <= exactness_tolerance(F64)
+
+
+# --- property: any rank deficiency, any shape ---------------------------------------------------
+
+from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.integers(1, 7),
+    n=st.integers(1, 7),
+    rank_drop=st.integers(1, 4),
+    seed=st.integers(0, 10_000),
+    dtype=st.sampled_from([F32, F64]),
+)
+def test_reconstruction_gradient_is_w_for_every_rank_deficient_matrix(m, n, rank_drop, seed, dtype):
+    """∂⟨W, U diag(S) Vᴴ⟩/∂A = W exactly, whatever rounding-level values LAPACK returns.
+
+    A singular value returned as exactly 0 (e.g. the zero matrix) makes gU, gVh exactly 0 in
+    its column: the 0/0 limit is not in the upstream gradients, so such draws are skipped.
+    """
+    k = min(m, n)
+    rank = max(k - rank_drop, 1)
+    g = torch.Generator().manual_seed(seed)
+    values = torch.rand(k, dtype=F64, generator=g) + 0.5
+    values[rank:] = 0.0
+    a = with_singular_values(values.sort(descending=True).values, m, n, seed=seed).to(dtype)
+    assume(bool((torch.linalg.svdvals(a) > 0).all()))
+    w = random_matrix(m, n, seed=seed + 1).to(dtype)
+    got = grad_of(spectral_loss(w, lambda s: s), a, thin)
+    assert torch.isfinite(got).all()
+    assert relative_error(got.double(), w.double()) <= exactness_tolerance(dtype)

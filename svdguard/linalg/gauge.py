@@ -143,7 +143,9 @@ def _null_space_sizes(
     sigma = s_i + s_j
     _, jk_diff = ctx.split
     at_rounding = sigma <= ctx.tau
-    dropped = at_rounding & ~rounding_terms_kept(jk_diff, ctx.summands, sigma, ctx)
+    dropped = at_rounding & ~rounding_terms_kept(
+        jk_diff, ctx.summands, sigma, ctx.sigma_max, ctx.upstream_scale
+    )
     resolved = jk_diff.abs() > rounding_resolution(S.dtype) * ctx.summands
     pair_flag = dropped & resolved
     pair_size = torch.where(pair_flag, jk_diff.abs(), 0.0).amax(dim=-1)

@@ -20,24 +20,32 @@ The rounding rule shared by every stabilizer (:func:`rounding_terms_kept`).
 τ = max(m, n)·ε·σ_max (:func:`svdguard.tolerances.tie_tolerance`) is the
 rounding level of the singular values. A term N/den whose denominator is
 above τ is computed exactly. One whose denominator is at rounding level
-(0 < den ≤ τ) is kept only where the numerator vanishes with it:
+(0 < den ≤ τ) is kept only where the numerator vanishes with it. With
+Σ the size of N's summands (for J ± K: |M_ij| + |M_ji| + |P_ij| + |P_ji|; for a
+rectangular term ‖gU_i‖ against the numerator ‖(I − UUᴴ) gU_i‖) and
+G = max_i max(‖gU_i‖, ‖gV_i‖), which bounds every summand, so that G/σ_max is
+the gradient's natural scale:
 
-(a) N is resolved above its own rounding: |N| > √ε·Σ|summands of N|
-    (for J ± K: |M_ij| + |M_ji| + |P_ij| + |P_ji|; for a rectangular term:
-    ‖(I − UUᴴ) gU_i‖ against ‖gU_i‖), so the quotient has at least half its
-    digits; and
-(b) the quotient stays within 1/√ε of the gradient's natural scale:
-    |N|/den ≤ G/(√ε·σ_max), G = max_i max(‖gU_i‖, ‖gV_i‖), which bounds every
-    summand.
+(b) the quotient stays within 1/√ε of that scale: |N|/den ≤ G/(√ε·σ_max); and
+    either
+(a) N is resolved above its own rounding, |N| > √ε·Σ, so the quotient keeps
+    at least half its digits, or
+(c) the summands themselves vanish with the denominator, Σ/den ≤ G/(√ε·σ_max),
+    so N's rounding (≈ ε·Σ) adds at most √ε·G/σ_max to the quotient — usually
+    far less — while dropping it would lose up to √ε·Σ/den.
 
 Why: for a loss such as ⟨W, U diag(h(S)) Vᴴ⟩ with h(0) = 0 the upstream
 gradients scale with s (gU = W V diag(h(s))), the numerators vanish with the
 denominators and carry no cancellation, so the quotient is accurate even when
 LAPACK returns a zero singular value at rounding level: torch's exact
-backward is right there and dropping the term would not be. Where (b)
-fails the loss depends on singular vectors of (numerically) zero singular
-values, which the matrix does not determine: no derivative exists and the
-term is dropped (:func:`svdguard.linalg.gauge.find_gauge_violations` reports it).
+backward is right there and dropping the term would not be. (c) covers
+numerators that are small for a reason other than rounding (a column of gU
+almost inside range(U)). In a tie of non-zero values Σ/den is about G/(ε·σ),
+so (c) fails and a numerator that is only rounding fails (a): dropped, as the
+exact-tie limit requires. Where (b) fails the loss depends on singular
+vectors of (numerically) zero singular values, which the matrix does not
+determine: no derivative exists and the term is dropped
+(:func:`svdguard.linalg.gauge.find_gauge_violations` reports it).
 
 Masked reciprocals are ``where(ok, 1 / where(ok, x, 1), 0)``: neither branch
 holds inf/NaN, so double backward never meets inf·0. Masks depend on values
@@ -244,20 +252,25 @@ def rounding_terms_kept(
     numerator: torch.Tensor,
     summands: torch.Tensor,
     denominator: torch.Tensor,
-    ctx: BackwardContext,
+    sigma_max: torch.Tensor,
+    upstream_scale: torch.Tensor,
 ) -> torch.Tensor:
-    """Where a term N/den with den at rounding level is kept: rule (a) and (b), den ≠ 0.
+    """Where a term N/den with den at rounding level is kept: den ≠ 0, (b), and (a) or (c).
 
-    (a) |N| > √ε·Σ|summands|;  (b) |N|·√ε·σ_max ≤ G·|den| (|N|/den ≤ G/(√ε σ_max),
-    written without a division). Everything detached: the mask is a constant.
+    (a) |N| > √ε·Σ;  (b) |N|·√ε·σ_max ≤ G·|den|;  (c) Σ·√ε·σ_max ≤ G·|den| — (b) and (c)
+    are |N|/den, Σ/den ≤ G/(√ε σ_max) written without a division. Everything is
+    detached: the mask is a constant for autograd. ``sigma_max`` and ``upstream_scale``
+    (σ_max and G) broadcast against the terms; ε is that of ``denominator``'s dtype.
     """
+    dtype = denominator.dtype
     n_abs = numerator.detach().abs()
     den = denominator.detach().abs()
-    resolved = n_abs > rounding_resolution(ctx.dtype) * summands
-    bounded = n_abs * (ctx.sigma_max / rounding_quotient_bound(ctx.dtype)) <= (
-        ctx.upstream_scale * den
-    )
-    return (den != 0) & resolved & bounded
+    scale = sigma_max / rounding_quotient_bound(dtype)  # √ε·σ_max
+    limit = upstream_scale * den
+    resolved = n_abs > rounding_resolution(dtype) * summands
+    bounded = n_abs * scale <= limit
+    vanishing = summands * scale <= limit
+    return (den != 0) & bounded & (resolved | vanishing)
 
 
 def exact_sum_part(ctx: BackwardContext) -> torch.Tensor:
@@ -271,7 +284,9 @@ def exact_sum_part(ctx: BackwardContext) -> torch.Tensor:
     _, jk_diff = ctx.split
     s_i, s_j = _pair_grids(ctx.s)
     sigma2 = (s_i + s_j) * 2
-    keep = (sigma2 > 2 * ctx.tau) | rounding_terms_kept(jk_diff, ctx.summands, sigma2, ctx)
+    keep = (sigma2 > 2 * ctx.tau) | rounding_terms_kept(
+        jk_diff, ctx.summands, sigma2, ctx.sigma_max, ctx.upstream_scale
+    )
     return jk_diff * masked_reciprocal(sigma2, keep)
 
 
@@ -284,7 +299,9 @@ def auto_difference_part(ctx: BackwardContext) -> torch.Tensor:
     jk_sum, _ = ctx.split
     s_i, s_j = _pair_grids(ctx.s)
     d2 = (s_j - s_i) * 2
-    keep = (d2.abs() > 2 * ctx.tau) | rounding_terms_kept(jk_sum, ctx.summands, d2, ctx)
+    keep = (d2.abs() > 2 * ctx.tau) | rounding_terms_kept(
+        jk_sum, ctx.summands, d2, ctx.sigma_max, ctx.upstream_scale
+    )
     return jk_sum * masked_reciprocal(d2, keep)
 
 
@@ -301,11 +318,8 @@ def auto_inverse_singular_values(
         return s.reciprocal()
     numerator = torch.linalg.vector_norm(projected.detach(), dim=-2)
     summands = torch.linalg.vector_norm(raw.detach(), dim=-2)
-    g = ctx.upstream_scale.squeeze(-1)
-    n_abs = numerator
-    resolved = n_abs > rounding_resolution(ctx.dtype) * summands
-    bounded = n_abs * (ctx.sigma_max.squeeze(-1) / rounding_quotient_bound(ctx.dtype)) <= g * s
-    keep = above | ((s.detach() != 0) & resolved & bounded)
+    sigma_max, g = ctx.sigma_max.squeeze(-1), ctx.upstream_scale.squeeze(-1)
+    keep = above | rounding_terms_kept(numerator, summands, s, sigma_max, g)
     return masked_reciprocal(s, keep)
 
 
