@@ -141,14 +141,19 @@ def rounding_resolution(dtype: torch.dtype) -> float:
 
 
 def rounding_quotient_bound(dtype: torch.dtype) -> float:
-    """Rule (b) of the rounding rule: a kept quotient stays below G/(√ε·σ_max); this returns 1/√ε.
+    """Rules (b) and (c) of the rounding rule: quotients within G/(√ε·σ_max); this returns 1/√ε.
 
     G is the largest summand of the backward (largest column norm of gU, gV),
-    so G/σ_max is the gradient's natural scale. A numerator that vanishes with
-    its denominator (a loss of U diag(h(S)) Vᴴ with h(0) = 0) gives a quotient
-    of that scale; one that does not (the loss depends on singular vectors of a
-    zero singular value, where no derivative exists) gives about 1/ε times it.
-    1/√ε separates the two with √ε margin on each side.
+    so G/σ_max is the gradient's natural scale. (b): a kept quotient |N|/den
+    stays below 1/√ε times that scale. A numerator that vanishes with its
+    denominator (a loss of U diag(h(S)) Vᴴ with h(0) = 0) gives a quotient of
+    that scale; one that does not (the loss depends on singular vectors of a
+    zero singular value, where no derivative exists) about 1/ε times it, so
+    1/√ε separates the two with √ε margin on each side. (c): when the summands
+    themselves satisfy Σ/den ≤ G/(√ε·σ_max), the numerator's rounding (ε·Σ)
+    adds at most √ε·G/σ_max to the quotient, so the term is kept even if the
+    numerator is not resolved to √ε; in a tie of non-zero values Σ/den is about
+    G/(ε·σ_max) and (c) does not apply.
     """
     return 1.0 / math.sqrt(machine_eps(dtype))
 
