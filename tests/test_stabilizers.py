@@ -258,6 +258,25 @@ def test_spectral_losses_on_rank_deficient_matrices_match_torch(case, dtype, h_n
         assert relative_error(ours.double(), closed[h_name]) <= exactness_tolerance(dtype)
 
 
+@pytest.mark.parametrize("case", ["6x4-rank3", "4x6-rank3", "5x5-two-zeros"])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=["c64", "c128"])
+def test_complex_reconstruction_on_rank_deficient_matrices(case, dtype):
+    """Re⟨W, U diag(S) Vᴴ⟩ = Re⟨W, A⟩: the gradient is W, also with complex rounding-level zeros."""
+    values, m, n = RANK_DEFICIENT[case]
+    a = with_singular_values(values, m, n, dtype=torch.complex128, seed=27).to(dtype)
+    w = random_matrix(m, n, dtype=torch.complex128, seed=28).to(dtype)
+
+    def loss(f):
+        U, S, Vh = f
+        return (((U * S.unsqueeze(-2).to(U.dtype)) @ Vh) * w.conj()).real.sum()
+
+    got = grad_of(loss, a, thin)
+    real = torch.float32 if dtype == torch.complex64 else F64
+    assert relative_error(got.to(torch.complex128), w.to(torch.complex128)) <= exactness_tolerance(
+        real
+    )
+
+
 def test_rank_deficient_under_vmap_grad_and_jacrev():
     from torch.func import grad, jacrev, vmap
 
