@@ -1,8 +1,8 @@
 """Matrix functions built on the SVD or eigh, with gradients exact at repeated singular values.
 
-A generic SVD backward cannot be exact at a tie (MATH.md §2); these functions
+A generic SVD backward cannot be exact at a tie (docs/backward.md); these functions
 can, because each knows its scalar function h and differentiates it by
-divided differences (Daleckii–Krein, MATH.md §4). Every function takes a
+divided differences (Daleckii–Krein, docs/matrix-functions.md). Every function takes a
 batch ``(..., m, n)``, float32/float64 (float16/bfloat16 computed in float32),
 real or complex (``procrustes(special=True)`` real only), on any device, and
 works under torch.func (grad, vmap; pass ``check=False`` where a function has

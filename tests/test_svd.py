@@ -26,7 +26,7 @@ STABILIZED = ("auto", "clamp", "seed", "lorentz", "taylor", "trivialize")
 SHAPES = {"square": (5, 5), "tall": (7, 4), "wide": (4, 7), "batched": (3, 5, 4)}
 
 
-# --- gauge-invariant losses (MATH.md §3): their gradients are meaningful --------------------
+# --- gauge-invariant losses (docs/backward.md): their gradients are meaningful ------------------
 
 
 def weights(shape, dtype, seed):
@@ -495,7 +495,7 @@ def test_invalid_arguments_raise_input_error(call, message):
 
 def test_mask_free_path_equals_guarded_path():
     """The backward skips its masks when no denominator is at rounding level; same numbers."""
-    from svdguard.linalg.stabilizers import Auto
+    from svdguard.linalg import Auto
     from svdguard.linalg.svd_backward import svd_backward
 
     a = random_matrix(4, 6, 5, seed=45)
@@ -617,8 +617,8 @@ def test_gauge_check_is_silent_where_the_gradient_exists(values, m, n):
 
 
 def test_gauge_report_per_element_ties_null_space_and_acting_pairs():
+    from svdguard.linalg import Clamp
     from svdguard.linalg.gauge import NULL_SPACE, TIE, gauge_report
-    from svdguard.linalg.stabilizers import Clamp
 
     batch = torch.stack(
         [

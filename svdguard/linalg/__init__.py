@@ -5,19 +5,18 @@ The stabilizers of the SVD backward are values (docs/stabilizers.md):
 and any value following :class:`Stabilizer` works.
 """
 
-from svdguard.linalg.stabilizers import (
+from svdguard.linalg.stabilizer_values import (
     METHODS,
     Auto,
-    BackwardContext,
     Clamp,
     Lorentz,
     Native,
     Seed,
-    Stabilizer,
     Taylor,
     Trivialize,
     stabilizer_from_name,
 )
+from svdguard.linalg.stabilizers import BackwardContext, Stabilizer
 
 __all__ = [
     "METHODS",

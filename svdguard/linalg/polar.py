@@ -1,7 +1,7 @@
 """The orthonormal polar factor U Vᴴ and the nearest rotation (orthogonal Procrustes).
 
 Polar factor: h(s) = 1, so D⁻ = 0 and D⁺_ij = 2/(s_i + s_j), h(s)/s = 1/s.
-The whole gradient lives in the sum part (MATH.md §2), which is exact at ties.
+The whole gradient lives in the sum part (docs/backward.md), which is exact at ties.
 
 Domain (where the gradient exists): s_{k−1} + s_k > 0 for a square matrix and
 s_min > 0 for a non-square one, i.e. at most one zero singular value when

@@ -15,13 +15,13 @@ import torch
 
 from svdguard.errors import InputError, SvdguardWarning
 from svdguard.linalg.gauge import check_complex_phase, find_gauge_violations
-from svdguard.linalg.stabilizers import (
+from svdguard.linalg.stabilizer_values import (
     DEFAULT_TAYLOR_DEGREE,
     METHODS,
     Native,
-    Stabilizer,
     stabilizer_from_name,
 )
+from svdguard.linalg.stabilizers import Stabilizer
 from svdguard.linalg.svd_backward import svd_backward
 from svdguard.tolerances import compute_dtype
 

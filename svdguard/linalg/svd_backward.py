@@ -16,12 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from svdguard.linalg.stabilizers import (
-    BackwardContext,
-    Stabilizer,
-    Trivialize,
-    stabilizer_from_name,
-)
+from svdguard.linalg.stabilizer_values import Trivialize, stabilizer_from_name
+from svdguard.linalg.stabilizers import BackwardContext, Stabilizer
 from svdguard.tolerances import default_max_cond
 
 
