@@ -1,4 +1,4 @@
-"""f(A) = U diag(h(s)) Vᴴ with the Daleckii–Krein backward (MATH.md §4).
+"""f(A) = U diag(h(s)) Vᴴ with the Daleckii–Krein backward (docs/matrix-functions.md).
 
 A is m×n, k = min(m, n), A = U diag(s) Vᴴ thin. For G = ∂L/∂f and P = Uᴴ G V (k×k):
 
