@@ -18,6 +18,23 @@ Taylor(P)      σ·series for 1/(λ_j − λ_i), λ = s²           exact; as Au
 Trivialize(κ)  as Auto; zero gradient where cond > κ        as Auto
 Native()       torch's own backward                         torch's
 =============  ===========================================  ==============================
+
+A value and its name are interchangeable; the gradient of ⟨W, U Vᴴ⟩ at the
+identity is (W − Wᵀ)/2 with clamp too, since clamp leaves the sum part exact:
+
+>>> import torch, svdguard
+>>> A = torch.eye(3, dtype=torch.float64, requires_grad=True)
+>>> W = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+>>> U, S, Vh = svdguard.svd(A, method=Clamp(eps=1e-6))
+>>> (W * (U @ Vh)).sum().backward()
+>>> A.grad[0, 1].item(), A.grad[1, 0].item()
+(0.5, -0.5)
+>>> stabilizer_from_name("clamp", eps=1e-6) == Clamp(1e-6)
+True
+>>> Clamp(eps=float("inf"))
+Traceback (most recent call last):
+...
+svdguard.errors.InputError: eps must be a positive finite number, got inf
 """
 
 from __future__ import annotations
