@@ -46,7 +46,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch_svd = lambda x: torch.linalg.svd(x, full_matrices=False)  # noqa: E731
-    ours = lambda x: svdguard.svd(x)  # noqa: E731
+    ours = lambda x: svdguard.svd(x, full_matrices=False)  # noqa: E731
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats (median)"
     )

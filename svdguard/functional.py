@@ -1,8 +1,8 @@
 """Matrix functions built on the SVD or eigh, with gradients exact at repeated singular values.
 
-A generic SVD backward cannot be exact at a tie (MATH.md §2); these functions
+A generic SVD backward cannot be exact at a tie (docs/backward.md); these functions
 can, because each knows its scalar function h and differentiates it by
-divided differences (Daleckii–Krein, MATH.md §4). Every function takes a
+divided differences (Daleckii–Krein, docs/matrix-functions.md). Every function takes a
 batch ``(..., m, n)``, float32/float64 (float16/bfloat16 computed in float32),
 real or complex (``procrustes(special=True)`` real only), on any device, and
 works under torch.func (grad, vmap; pass ``check=False`` where a function has
@@ -13,6 +13,7 @@ function                  value                       gradient exists when
 ========================  ==========================  =========================================
 polar(A)                  U Vᴴ                        ≤ 1 zero singular value (square), none else
 procrustes(A)             U diag(1,…,1,d) Vᵀ          not (s_{n-1} = s_n and det A < 0)
+procrustes(A, B)          polar(Aᴴ B): min ‖A R − B‖   as polar(Aᴴ B) (scipy's orthogonal_procrustes)
 gram_sqrt(A)              (AᴴA)^{1/2}                 A of full rank
 gram_inv_sqrt(A, eps)     (AᴴA + eps I)^{-1/2}        eps > 0: always; eps = 0: full column rank
 spd_sqrt(B)               B^{1/2}                     B positive definite
@@ -22,6 +23,9 @@ pinv(A, rtol, atol)       A⁺ (rank cut)               no singular value at the
 low_rank(A, k)            U_k S_k V_kᴴ                s_k > s_{k+1} (else InputError)
 projector(A, k)           U_k U_kᴴ                    s_k > s_{k+1} (else InputError)
 ========================  ==========================  =========================================
+
+``polar`` and ``procrustes`` take ``gauge_check=True``: the backward then warns
+when the loss depends on a choice the SVD leaves arbitrary (outside the domain).
 
 Ties *inside* a domain (identity matrices, orthogonal matrices, isotropic
 point clouds, repeated eigenvalues) are where these functions differ from

@@ -128,6 +128,36 @@ def stabilizer_bias_tolerance(dtype: torch.dtype) -> float:
     return math.sqrt(machine_eps(dtype))
 
 
+def rounding_resolution(dtype: torch.dtype) -> float:
+    """Rule (a) of the rounding rule (docs/backward.md): a numerator counts as resolved above √ε.
+
+    A term N/den whose denominator is at rounding level is kept only if
+    |N| > √ε·Σ|summands of N|. N is a sum of products computed to about
+    ε·Σ|summands|, so this leaves it (and the quotient) at least half its digits;
+    a numerator that is pure rounding (a gauge-invariant loss at an exact tie)
+    falls below it by many orders in float32 and float64.
+    """
+    return math.sqrt(machine_eps(dtype))
+
+
+def rounding_quotient_bound(dtype: torch.dtype) -> float:
+    """Rules (b) and (c) of the rounding rule: quotients within G/(√ε·σ_max); this returns 1/√ε.
+
+    G is the largest summand of the backward (largest column norm of gU, gV),
+    so G/σ_max is the gradient's natural scale. (b): a kept quotient |N|/den
+    stays below 1/√ε times that scale. A numerator that vanishes with its
+    denominator (a loss of U diag(h(S)) Vᴴ with h(0) = 0) gives a quotient of
+    that scale; one that does not (the loss depends on singular vectors of a
+    zero singular value, where no derivative exists) about 1/ε times it, so
+    1/√ε separates the two with √ε margin on each side. (c): when the summands
+    themselves satisfy Σ/den ≤ G/(√ε·σ_max), the numerator's rounding (ε·Σ)
+    adds at most √ε·G/σ_max to the quotient, so the term is kept even if the
+    numerator is not resolved to √ε; in a tie of non-zero values Σ/den is about
+    G/(ε·σ_max) and (c) does not apply.
+    """
+    return 1.0 / math.sqrt(machine_eps(dtype))
+
+
 # --- thresholds of `svdguard inspect` -------------------------------------------------
 # ε_w below is the ε of the tensor's *working dtype*, ``compute_dtype(storage)``: the
 # dtype its users decompose it in (float32 for bf16/fp16/fp8 storage). ε_p is the ε of

@@ -279,7 +279,7 @@ def compare_gradients(
     work = a if every_finite else torch.where(finite_input[..., None, None], a, stand_in)
 
     def stabilized_svd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return svd(x, method=method, eps=eps, degree=degree, max_cond=max_cond)
+        return svd(x, full_matrices=False, method=method, eps=eps, degree=degree, max_cond=max_cond)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SvdguardWarning)

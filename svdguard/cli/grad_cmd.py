@@ -22,7 +22,7 @@ __all__ = ["EPILOG", "METHODS", "LOSSES", "FailOn", "OutputFormat", "failures", 
 
 #: ``svdguard.METHODS`` and ``svdguard.app.probes.LOSSES``, spelt out so that ``--help``
 #: needs no torch; a test keeps them equal to the library's lists.
-METHODS = ("auto", "clamp", "lorentz", "taylor", "trivialize", "native")
+METHODS = ("auto", "clamp", "lorentz", "taylor", "trivialize", "native", "seed")
 LOSSES = ("polar", "reconstruct", "vectors", "values")
 DEFAULT_LOSS = "polar"
 DEFAULT_SEED = 0

@@ -41,7 +41,6 @@ phase of the eigenvectors raises :class:`~svdguard.errors.IllDefinedGradientErro
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -50,12 +49,13 @@ import torch
 
 from svdguard.errors import IllDefinedGradientError, InputError, SvdguardWarning
 from svdguard.linalg.gauge import tied_blocks
+from svdguard.linalg.stabilizer_values import Native, stabilizer_from_name
+from svdguard.linalg.stabilizers import Stabilizer
 from svdguard.tolerances import (
     complex_phase_tolerance,
     compute_dtype,
     gauge_tolerance,
-    machine_eps,
-    real_dtype,
+    tie_tolerance,
 )
 
 #: The backward methods :func:`eigh` implements.
@@ -77,24 +77,7 @@ def eigh_tie_tolerance(lam_absmax: torch.Tensor, dtype: torch.dtype, n: int) -> 
     so ``method="auto"`` drops their term and computes every larger gap exactly.
     The same rule as the SVD's tie tolerance, with ‖A‖₂ = max|λ|.
     """
-    return lam_absmax * (max(n, 1) * machine_eps(dtype))
-
-
-def default_eigh_clamp_eps(lam_absmax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Default floor of |λ_j − λ_i| for ``method="clamp"``: √ε · max|λ|.
-
-    Below √ε·max|λ| a gap keeps fewer than half the digits (the numerator of the
-    kernel carries an absolute error ε·max|λ|); floored at the smallest normal
-    number so that the zero matrix does not divide by zero.
-    """
-    floor = torch.finfo(real_dtype(dtype)).tiny
-    return (lam_absmax * math.sqrt(machine_eps(dtype))).clamp_min(floor)
-
-
-def default_eigh_lorentz_eps(lam_absmax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Default broadening of ``method="lorentz"``: (√ε · max|λ|)² = ε · max|λ|² (units of λ²)."""
-    floor = torch.finfo(real_dtype(dtype)).tiny
-    return (lam_absmax * lam_absmax * machine_eps(dtype)).clamp_min(floor)
+    return tie_tolerance(lam_absmax, dtype, n, n)
 
 
 # --- configuration --------------------------------------------------------------------
@@ -102,79 +85,50 @@ def default_eigh_lorentz_eps(lam_absmax: torch.Tensor, dtype: torch.dtype) -> to
 
 @dataclass(frozen=True)
 class EighConfig:
-    """A validated backward method and its parameter."""
+    """A stabilizer value (:mod:`svdguard.linalg.stabilizer_values`) applied to eigenvalues."""
 
-    method: str  #: auto | clamp | lorentz | native
-    eps: float | None = None  #: clamp: floor of |λ_j − λ_i|; lorentz: broadening (units of λ²)
+    stabilizer: Stabilizer
 
-    def thresholds(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(τ, eps) per matrix, shaped (..., 1, 1), from detached eigenvalues (..., n)."""
-        absmax = lam.detach().abs().amax(dim=-1, keepdim=True).unsqueeze(-1)
-        tau = eigh_tie_tolerance(absmax, lam.dtype, lam.shape[-1])
-        if self.method == "clamp":
-            eps = (
-                default_eigh_clamp_eps(absmax, lam.dtype)
-                if self.eps is None
-                else torch.full_like(absmax, self.eps)
-            )
-            return tau, eps
-        if self.method == "lorentz":
-            eps = (
-                default_eigh_lorentz_eps(absmax, lam.dtype)
-                if self.eps is None
-                else torch.full_like(absmax, self.eps)
-            )
-            return tau, eps
-        return tau, None
+    def tau(self, lam: torch.Tensor) -> torch.Tensor:
+        """τ per matrix, shaped (..., 1, 1), from detached eigenvalues (..., n)."""
+        return eigh_tie_tolerance(_absmax(lam), lam.dtype, lam.shape[-1])
 
 
-def make_eigh_config(method: str, eps: float | None = None) -> EighConfig:
-    """Validate ``method=`` and ``eps=`` of :func:`eigh`; raise InputError naming the parameter."""
-    if not isinstance(method, str) or method not in EIGH_METHODS:
+def _absmax(lam: torch.Tensor) -> torch.Tensor:
+    """max|λ| per matrix, shaped (..., 1, 1): ‖A‖₂, the scale of every default threshold."""
+    return lam.detach().abs().amax(dim=-1, keepdim=True).unsqueeze(-1)
+
+
+def make_eigh_config(method: str | Stabilizer, eps: float | None = None) -> EighConfig | None:
+    """Map ``method=``/``eps=`` of :func:`eigh` to a stabilizer value; None for torch's own backward.
+
+    Names are those of :data:`EIGH_METHODS`; a value following
+    :class:`~svdguard.linalg.stabilizers.Stabilizer` acts through its guarded
+    reciprocal of a difference (``inverse_differences``), which is all the eigh
+    kernel needs.
+    """
+    if isinstance(method, str) and method not in EIGH_METHODS:
         raise InputError(
             f"svdguard.eigh: unknown method={method!r}; choose one of {', '.join(EIGH_METHODS)}"
         )
-    if eps is not None and method not in ("clamp", "lorentz"):
-        raise InputError(
-            f"svdguard.eigh: eps= applies to method='clamp' or 'lorentz', not {method!r}"
-        )
-    if eps is not None and not eps > 0:
-        raise InputError(f"svdguard.eigh: eps= must be positive, got {eps}")
-    return EighConfig(method=method, eps=None if eps is None else float(eps))
+    stabilizer = stabilizer_from_name(method, eps=eps)
+    return None if isinstance(stabilizer, Native) else EighConfig(stabilizer)
 
 
 # --- the kernel -----------------------------------------------------------------------
 
 
-def _upper(n: int, device: torch.device) -> torch.Tensor:
-    return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+def guarded_reciprocal(config: EighConfig, lam: torch.Tensor) -> torch.Tensor:
+    """F_ij ≈ 1/(λ_j − λ_i) for ascending λ (..., n); 0 on the diagonal; finite in every derivative.
 
-
-def guarded_reciprocal(
-    config: EighConfig, d: torch.Tensor, tau: torch.Tensor, eps: torch.Tensor | None
-) -> torch.Tensor:
-    """F_ij ≈ 1/d_ij for the grid d_ij = λ_j − λ_i; 0 on the diagonal; finite in every derivative.
-
-    auto: 1/d where |d| > τ, else 0. clamp: 1/(sign_ij·max(|d|, eps)) with
-    sign_ij = +1 above the diagonal (λ ascending, so d ≥ 0 there) and −1 below,
-    which keeps F antisymmetric at exact ties. lorentz: d/(d² + eps). Masked
-    entries are replaced before dividing (``where(keep, 1/where(keep, x, 1), 0)``)
-    so that no branch holds inf/NaN for double backward.
+    The stabilizer's ``inverse_differences`` is written for descending values (the
+    SVD's order; an exact tie takes the sign distinct descending values would have),
+    so it is applied to −λ, which is descending: 1/((−λ_j) − (−λ_i)) = −1/(λ_j − λ_i).
+    auto: 1/d where |d| > τ = n·ε·max|λ|, else 0; clamp: 1/(sign·max(|d|, eps)),
+    eps = √ε·max|λ| by default; lorentz: d/(d² + eps), eps = ε·max|λ|² by default
+    (the SVD's defaults with σ_max → max|λ|, see docs/stabilizers.md).
     """
-    n = d.shape[-1]
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=d.device)
-    if config.method == "clamp":
-        assert eps is not None  # EighConfig.thresholds sets it
-        sign = torch.where(_upper(n, d.device), 1.0, -1.0).to(d.dtype)
-        denominator = sign * torch.maximum(d.abs(), eps)
-        return torch.where(
-            off_diagonal, torch.where(off_diagonal, denominator, 1.0).reciprocal(), 0.0
-        )
-    if config.method == "lorentz":
-        assert eps is not None
-        return d / (d * d + eps)
-    keep = d.abs() > tau
-    return torch.where(keep, torch.where(keep, d, 1.0).reciprocal(), 0.0)
+    return -config.stabilizer.inverse_differences(-lam, _absmax(lam), config.tau(lam))
 
 
 def eigh_backward(
@@ -192,9 +146,7 @@ def eigh_backward(
     else:
         vh_gv = V.mH @ gV
         half_skew = (vh_gv - vh_gv.mH) / 2  # tangent direction; its diagonal is the phase
-        tau, eps = config.thresholds(lam)
-        d = lam.unsqueeze(-2) - lam.unsqueeze(-1)  # d_ij = λ_j − λ_i
-        inner = half_skew * guarded_reciprocal(config, d, tau, eps).to(V.dtype)
+        inner = half_skew * guarded_reciprocal(config, lam).to(V.dtype)
         if g_lam is not None:
             inner = inner + torch.diag_embed(g_lam.to(V.dtype))
     return V @ inner @ V.mH
@@ -295,7 +247,7 @@ class _EighFunction(torch.autograd.Function):
             if V.is_complex():
                 check_eigenvector_phase(V.detach(), gV.detach())
             if ctx.gauge_check:
-                tau, _ = config.thresholds(lam)
+                tau = config.tau(lam)
                 for message in find_eigenspace_gauge_violations(
                     lam.detach(), V.detach(), gV.detach(), tau.reshape(lam.shape[:-1])
                 ):
@@ -327,7 +279,7 @@ def eigh(
     A: torch.Tensor,
     UPLO: str = "L",
     *,
-    method: str = "auto",
+    method: str | Stabilizer = "auto",
     eps: float | None = None,
     gauge_check: bool = False,
 ) -> EighResult:
@@ -355,7 +307,7 @@ def eigh(
     A = _check_hermitian_input(A, "svdguard.eigh")
     UPLO = _check_uplo(UPLO, "svdguard.eigh")
     config = make_eigh_config(method, eps)
-    if config.method == "native":
+    if config is None:  # torch's own backward
         return torch.linalg.eigh(A, UPLO=UPLO)
     lam, V = _EighFunction.apply(A, UPLO, config, bool(gauge_check))
     return torch.return_types.linalg_eigh((lam, V))  # type: ignore[attr-defined]

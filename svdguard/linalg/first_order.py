@@ -12,7 +12,8 @@ second time.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 
@@ -45,4 +46,5 @@ def first_order_only(grad: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
     """``grad`` itself; when autograd records the backward (create_graph=True), a guard node."""
     if not torch.is_grad_enabled():
         return grad
-    return _FirstOrderOnly.apply(grad, anchor)
+    apply = cast(Callable[..., torch.Tensor], _FirstOrderOnly.apply)  # torch leaves it untyped
+    return apply(grad, anchor)

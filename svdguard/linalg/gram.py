@@ -21,8 +21,9 @@ closed forms that neither cancel near ties nor need the complement basis.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -100,7 +101,8 @@ class _GramSpectral(torch.autograd.Function):
 
 def gram_spectral(a: torch.Tensor, kernel: GramKernel) -> tuple[torch.Tensor, torch.Tensor]:
     """(Φ(AᴴA), s) with the exact backward; ``a`` already checked."""
-    f, _, s, _ = _GramSpectral.apply(a, kernel)
+    apply = cast(Callable[..., tuple[torch.Tensor, ...]], _GramSpectral.apply)  # untyped in torch
+    f, _, s, _ = apply(a, kernel)
     return f, s
 
 

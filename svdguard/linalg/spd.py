@@ -14,8 +14,9 @@ ties (a repeated eigenvalue — the identity, a multiple of it — is fine).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -113,7 +114,8 @@ class SpdLogKernel:
 
 def _spd(b: torch.Tensor, kernel: SpdKernel, caller: str) -> torch.Tensor:
     work, out_dtype = square_batch(b, caller)
-    f, _, _ = _SpdSpectral.apply(work, kernel)
+    apply = cast(Callable[..., tuple[torch.Tensor, ...]], _SpdSpectral.apply)  # untyped in torch
+    f, _, _ = apply(work, kernel)
     return f.to(out_dtype)
 
 

@@ -1,4 +1,4 @@
-"""f(A) = U diag(h(s)) Vᴴ with the Daleckii–Krein backward (MATH.md §4).
+"""f(A) = U diag(h(s)) Vᴴ with the Daleckii–Krein backward (docs/matrix-functions.md).
 
 A is m×n, k = min(m, n), A = U diag(s) Vᴴ thin. For G = ∂L/∂f and P = Uᴴ G V (k×k):
 
@@ -27,7 +27,8 @@ is exact at exact ties, where torch's generic SVD backward divides by zero.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -144,5 +145,6 @@ def svd_spectral(
     ``rotation=True`` (square real only) uses the det-corrected factors of
     :func:`det_corrected`; the returned s are then the signed σ.
     """
-    f, _, s, _ = _SvdSpectral.apply(a, kernel, rotation)
+    apply = cast(Callable[..., tuple[torch.Tensor, ...]], _SvdSpectral.apply)  # untyped in torch
+    f, _, s, _ = apply(a, kernel, rotation)
     return f, s

@@ -1,126 +1,326 @@
-"""The inner k×k matrix of the SVD backward, one function per method.
+"""What a stabilizer of the SVD backward sees and the pieces it is built from (docs/stabilizers.md).
 
-Notation (MATH.md §1–§3): s descending, d_ij = s_j − s_i, σ_ij = s_i + s_j,
-J = skew(Uᴴ gU), K = skew(Vᴴ gV) with skew(X) = X − Xᴴ. The exact off-diagonal
-entry has two equivalent forms:
+Notation: s descending, d_ij = s_j − s_i, σ_ij = s_i + s_j, M = Uᴴ gU,
+P = Vᴴ gV, J = skew(M), K = skew(P) with skew(X) = X − Xᴴ. The exact
+off-diagonal entry of the inner k×k matrix X has two equivalent forms:
 
     combined:  X_ij = (J_ij s_j + s_i K_ij) / (s_j² − s_i²)
     split:     X_ij = (J + K)_ij / (2 d_ij)  +  (J − K)_ij / (2 σ_ij)
+                      └─ difference part ─┘     └──── sum part ────┘
 
-Each method returns ``X`` with the off-diagonal entries and the complex phase
-term on the diagonal (``(J − K)_ii / (4 s_i)``, which is torch's
-``i·Im(diag(Uᴴ gU)) / s_i`` for a phase-invariant loss); the caller adds
-diag(gS). :func:`inverse_singular_values` gives the ``1/s`` of the rectangular
-terms, guarded like each method's kernel. Masked reciprocals are computed as ``where(ok, 1 / where(ok, x, 1), 0)``
-so that neither branch produces inf/NaN, which would poison double backward.
+A stabilizer is a frozen dataclass following :class:`Stabilizer`: it builds X
+(off-diagonal entries and, for complex inputs, the phase term
+(J − K)_ii / (4 s_i) on the diagonal; the caller adds diag(gS)), the guarded
+1/s of the rectangular terms, a final step on the gradient, the pairs it
+changes, a generic guarded reciprocal of a difference (reusable by an eigh
+backward, whose kernel is 1/(λ_j − λ_i)), and a description for reports.
+The values themselves (Auto, Clamp, Seed, Lorentz, Taylor, Trivialize, Native)
+and :func:`~svdguard.linalg.stabilizer_values.stabilizer_from_name` live in
+:mod:`svdguard.linalg.stabilizer_values`.
 
-``tau`` is the rounding level of the singular values
-(:func:`svdguard.tolerances.tie_tolerance`), shaped ``(..., 1, 1)``.
+The rounding rule shared by every stabilizer (:func:`rounding_terms_kept`).
+τ = max(m, n)·ε·σ_max (:func:`svdguard.tolerances.tie_tolerance`) is the
+rounding level of the singular values. A term N/den whose denominator is
+above τ is computed exactly. One whose denominator is at rounding level
+(0 < den ≤ τ) is kept only where the numerator vanishes with it. With
+Σ the size of N's summands (for J ± K: |M_ij| + |M_ji| + |P_ij| + |P_ji|; for a
+rectangular term ‖gU_i‖ against the numerator ‖(I − UUᴴ) gU_i‖) and
+G = max_i max(‖gU_i‖, ‖gV_i‖), which bounds every summand, so that G/σ_max is
+the gradient's natural scale:
+
+(b) the quotient stays within 1/√ε of that scale: |N|/den ≤ G/(√ε·σ_max); and
+    either
+(a) N is resolved above its own rounding, |N| > √ε·Σ, so the quotient keeps
+    at least half its digits, or
+(c) the summands themselves vanish with the denominator, Σ/den ≤ G/(√ε·σ_max),
+    so N's rounding (≈ ε·Σ) adds at most √ε·G/σ_max to the quotient — usually
+    far less — while dropping it would lose up to √ε·Σ/den.
+
+Why: for a loss such as ⟨W, U diag(h(S)) Vᴴ⟩ with h(0) = 0 the upstream
+gradients scale with s (gU = W V diag(h(s))), the numerators vanish with the
+denominators and carry no cancellation, so the quotient is accurate even when
+LAPACK returns a zero singular value at rounding level: torch's exact
+backward is right there and dropping the term would not be. (c) covers
+numerators that are small for a reason other than rounding (a column of gU
+almost inside range(U)). In a tie of non-zero values Σ/den is about G/(ε·σ),
+so (c) fails and a numerator that is only rounding fails (a): dropped, as the
+exact-tie limit requires. Where (b) fails the loss depends on singular
+vectors of (numerically) zero singular values, which the matrix does not
+determine: no derivative exists and the term is dropped
+(:func:`svdguard.linalg.gauge.find_gauge_violations` reports it).
+
+Masked reciprocals are ``where(ok, 1 / where(ok, x, 1), 0)``: neither branch
+holds inf/NaN, so double backward never meets inf·0. Masks depend on values
+only through ``torch.where`` (no Python branching on data) except in the
+fast paths, which run only where values may be read (not under torch.func.vmap).
 """
 
 from __future__ import annotations
 
+from functools import cached_property
+from typing import Any, Protocol, runtime_checkable
+
 import torch
+
+from svdguard.tolerances import (
+    rounding_quotient_bound,
+    rounding_resolution,
+    tie_tolerance,
+)
+
+# --- what a stabilizer sees ----------------------------------------------------------------
+
+
+class BackwardContext:
+    """One call of the SVD backward as a stabilizer sees it.
+
+    ``s`` (..., k) the singular values, ``m × n`` the matrix shape; ``uh_gu`` =
+    Uᴴ gU and ``vh_gv`` = Vᴴ gV (k×k, None when that upstream gradient is
+    zero); ``grad_u`` (..., m, k) and ``grad_vh`` (..., k, n) the upstream
+    gradients; ``values_visible``: values may be read (not under
+    torch.func.vmap), so fast paths may branch on them.
+    """
+
+    def __init__(
+        self,
+        s: torch.Tensor,
+        m: int,
+        n: int,
+        uh_gu: torch.Tensor | None = None,
+        vh_gv: torch.Tensor | None = None,
+        grad_u: torch.Tensor | None = None,
+        grad_vh: torch.Tensor | None = None,
+        *,
+        values_visible: bool = False,
+    ) -> None:
+        self.s = s
+        self.m = m
+        self.n = n
+        self.uh_gu = uh_gu
+        self.vh_gv = vh_gv
+        self.grad_u = grad_u
+        self.grad_vh = grad_vh
+        self.values_visible = values_visible
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.s.dtype
+
+    @cached_property
+    def sigma_max(self) -> torch.Tensor:
+        """σ_max per matrix, shape (..., 1, 1), detached (thresholds are constants)."""
+        return self.s.detach()[..., :1].unsqueeze(-1)
+
+    @cached_property
+    def tau(self) -> torch.Tensor:
+        """Rounding level τ = max(m, n)·ε·σ_max, shape (..., 1, 1)."""
+        return tie_tolerance(self.sigma_max, self.dtype, self.m, self.n)
+
+    @cached_property
+    def upstream_scale(self) -> torch.Tensor:
+        """G = max_i max(‖gU_i‖, ‖gV_i‖) per matrix, shape (..., 1, 1), detached.
+
+        |M_ij| = |u_iᴴ gU_j| ≤ ‖gU_j‖ (likewise for P), so G bounds every summand
+        of every numerator of the backward.
+        """
+        scale = torch.zeros_like(self.sigma_max)
+        if self.grad_u is not None:
+            cols = torch.linalg.vector_norm(self.grad_u.detach(), dim=-2).amax(-1)
+            scale = torch.maximum(scale, cols[..., None, None].to(scale.dtype))
+        if self.grad_vh is not None:
+            rows = torch.linalg.vector_norm(self.grad_vh.detach(), dim=-1).amax(-1)
+            scale = torch.maximum(scale, rows[..., None, None].to(scale.dtype))
+        return scale
+
+    @cached_property
+    def skews(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(J, K) = (skew(M), skew(P)), None where the upstream gradient is zero."""
+        J = None if self.uh_gu is None else self.uh_gu - self.uh_gu.mH
+        K = None if self.vh_gv is None else self.vh_gv - self.vh_gv.mH
+        return J, K
+
+    @cached_property
+    def split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(J + K, J − K), a missing upstream gradient counting as zero."""
+        J, K = self.skews
+        if J is not None and K is not None:
+            return J + K, J - K
+        if J is not None:
+            return J, J
+        if K is not None:
+            return K, -K
+        raise ValueError("the inner matrix needs Uᴴ gU or Vᴴ gV")
+
+    @cached_property
+    def summands(self) -> torch.Tensor:
+        """|M_ij| + |M_ji| + |P_ij| + |P_ji|: the size of the summands of (J ± K)_ij, detached."""
+        total: torch.Tensor | None = None
+        for x in (self.uh_gu, self.vh_gv):
+            if x is not None:
+                a = x.detach().abs()
+                total = a + a.mT if total is None else total + a + a.mT
+        if total is None:
+            raise ValueError("the inner matrix needs Uᴴ gU or Vᴴ gV")
+        return total
+
+
+@runtime_checkable
+class Stabilizer(Protocol):
+    """What :func:`svdguard.svd` asks of a stabilizer (see the module docstring).
+
+    Implement it with a frozen dataclass; the building blocks of this module
+    (:func:`exact_sum_part`, :func:`auto_difference_part`,
+    :func:`auto_inverse_singular_values`, :func:`masked_reciprocal`) build the
+    usual pieces.
+    """
+
+    @property
+    def name(self) -> str:
+        """Short name used in reports (``"auto"``, ``"clamp"``, ...)."""
+        ...
+
+    def inner(self, ctx: BackwardContext) -> torch.Tensor:
+        """X (..., k, k): off-diagonal entries and the complex phase diagonal."""
+        ...
+
+    def inverse_singular_values(
+        self, ctx: BackwardContext, projected: torch.Tensor, raw: torch.Tensor
+    ) -> torch.Tensor:
+        """The guarded 1/s_i (..., k) of a rectangular term.
+
+        ``projected`` (..., L, k): the columns (I − UUᴴ) gU_i (tall) or
+        (I − VVᴴ) gV_i (wide) that get divided by s_i; ``raw`` (..., L, k): gU_i or gV_i.
+        """
+        ...
+
+    def finalize(self, ctx: BackwardContext, grad: torch.Tensor) -> torch.Tensor:
+        """A last step on dL/dA (trivialize zeroes ill-conditioned matrices); usually identity."""
+        ...
+
+    def notes(self, s: torch.Tensor, m: int, n: int) -> list[str]:
+        """Value-dependent messages for a warning (read outside torch.func transforms)."""
+        ...
+
+    def acting_pairs(self, s: torch.Tensor, m: int, n: int) -> torch.Tensor:
+        """Bool (..., k, k), True for pairs i < j whose kernel entry this stabilizer changes."""
+        ...
+
+    def inverse_differences(
+        self, values: torch.Tensor, scale: torch.Tensor, tau: torch.Tensor
+    ) -> torch.Tensor:
+        """F_ij ≈ 1/(v_j − v_i) (..., k, k), 0 on the diagonal, guarded by this stabilizer.
+
+        ``values`` (..., k); ``scale`` (..., 1, 1) their magnitude (sets default eps);
+        ``tau`` (..., 1, 1) their rounding level.
+        """
+        ...
+
+    def describe(self) -> str:
+        """One line for reports, e.g. ``clamp(eps=1e-06)``."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"method": name, <parameter>: value, ...}`` for machine-readable reports."""
+        ...
+
+
+# --- building blocks ---------------------------------------------------------------------
 
 
 def masked_reciprocal(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """1/x where ``keep``, 0 elsewhere; finite in value and in every derivative.
-
-    The inner ``where`` replaces masked entries by 1 before dividing, the outer
-    one zeroes them: neither branch holds inf/NaN, so double backward never
-    meets inf·0.
-    """
+    """1/x where ``keep``, 0 elsewhere; finite in value and in every derivative."""
     return torch.where(keep, torch.where(keep, x, 1.0).reciprocal(), 0.0)
 
 
-def _pair_grids(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s_i as a column, s_j as a row), each broadcasting to (..., k, k)."""
-    return s.unsqueeze(-1), s.unsqueeze(-2)
+def pair_grids(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v_i as a column, v_j as a row), each broadcasting to (..., k, k)."""
+    return v.unsqueeze(-1), v.unsqueeze(-2)
 
 
-def split_parts(
-    J: torch.Tensor | None, K: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(J + K, J − K), treating a missing upstream gradient as zero."""
-    if J is not None and K is not None:
-        return J + K, J - K
-    if J is not None:
-        return J, J
-    if K is not None:
-        return K, -K
-    raise ValueError("at least one of J, K is needed")
-
-
-def combined_numerator(
-    J: torch.Tensor | None, K: torch.Tensor | None, left: torch.Tensor, right: torch.Tensor
+def rounding_terms_kept(
+    numerator: torch.Tensor,
+    summands: torch.Tensor,
+    denominator: torch.Tensor,
+    sigma_max: torch.Tensor,
+    upstream_scale: torch.Tensor,
 ) -> torch.Tensor:
-    """J_ij·right_j + left_i·K_ij (the combined form's numerator), a missing J or K counting as 0.
+    """Where a term N/den with den at rounding level is kept: den ≠ 0, (b), and (a) or (c).
 
-    ``left`` is a column (…, k, 1) or a k×k grid, ``right`` a row (…, 1, k) or a grid:
-    s_i and s_j for the exact and Taylor kernels, s_i/σ_ij and s_j/σ_ij for clamp.
+    (a) |N| > √ε·Σ;  (b) |N|·√ε·σ_max ≤ G·|den|;  (c) Σ·√ε·σ_max ≤ G·|den| — (b) and (c)
+    are |N|/den, Σ/den ≤ G/(√ε σ_max) written without a division. Everything is
+    detached: the mask is a constant for autograd. ``sigma_max`` and ``upstream_scale``
+    (σ_max and G) broadcast against the terms; ε is that of ``denominator``'s dtype.
     """
-    if J is not None and K is not None:
-        return J * right + left * K
-    if J is not None:
-        return J * right
-    if K is not None:
-        return left * K
-    raise ValueError("at least one of J, K is needed")
+    dtype = denominator.dtype
+    n_abs = numerator.detach().abs()
+    den = denominator.detach().abs()
+    scale = sigma_max / rounding_quotient_bound(dtype)  # √ε·σ_max
+    limit = upstream_scale * den
+    resolved = n_abs > rounding_resolution(dtype) * summands
+    bounded = n_abs * scale <= limit
+    vanishing = summands * scale <= limit
+    return (den != 0) & bounded & (resolved | vanishing)
 
 
-def _phase_diagonal(jk_diff: torch.Tensor, inv_sigma: torch.Tensor) -> torch.Tensor:
-    """(J − K)_ii / (2 · 2 s_i): zero for real inputs, the phase term for complex ones."""
-    return torch.diag_embed(
-        jk_diff.diagonal(dim1=-2, dim2=-1) * inv_sigma.diagonal(dim1=-2, dim2=-1) / 2
-    )
-
-
-def exact_sum_part(s: torch.Tensor, tau: torch.Tensor, jk_diff: torch.Tensor) -> torch.Tensor:
-    """(J − K)_ij / (2 σ_ij), dropped only where σ_ij ≤ τ (both values at rounding level of zero).
+def exact_sum_part(ctx: BackwardContext) -> torch.Tensor:
+    """(J − K)_ij / (2 σ_ij), exact for σ_ij > τ; at rounding level the rounding rule decides.
 
     The numerator has no cancellation, so this is accurate for every σ above
     rounding level; it carries the whole gradient of the polar factor U Vᴴ.
     On the diagonal it is (J − K)_ii / (4 s_i): zero for real inputs (J, K are
     skew) and the complex phase term i·Im(diag(Uᴴ gU)) / s_i otherwise.
     """
-    return jk_diff * _half_inverse_sums(s, tau)
+    _, jk_diff = ctx.split
+    s_i, s_j = pair_grids(ctx.s)
+    sigma2 = (s_i + s_j) * 2
+    keep = (sigma2 > 2 * ctx.tau) | rounding_terms_kept(
+        jk_diff, ctx.summands, sigma2, ctx.sigma_max, ctx.upstream_scale
+    )
+    return jk_diff * masked_reciprocal(sigma2, keep)
 
 
-def _half_inverse_sums(s: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """1 / (2 σ_ij), 0 where σ_ij ≤ τ."""
-    s2_i, s2_j = _pair_grids(s + s)
-    sigma2 = s2_i + s2_j
-    return masked_reciprocal(sigma2, sigma2 > 2 * tau)
+def auto_difference_part(ctx: BackwardContext) -> torch.Tensor:
+    """(J + K)_ij / (2 d_ij), exact for |d_ij| > τ; at rounding level the rounding rule decides.
+
+    At an exact tie (d = 0, also the diagonal) the term is dropped: the in-block
+    limit is not contained in the factors (docs/backward.md).
+    """
+    jk_sum, _ = ctx.split
+    s_i, s_j = pair_grids(ctx.s)
+    d2 = (s_j - s_i) * 2
+    keep = (d2.abs() > 2 * ctx.tau) | rounding_terms_kept(
+        jk_sum, ctx.summands, d2, ctx.sigma_max, ctx.upstream_scale
+    )
+    return jk_sum * masked_reciprocal(d2, keep)
 
 
-def _half_inverse_differences(s: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """1 / (2 d_ij), 0 where |d_ij| ≤ τ, so also on the diagonal (d_ii = 0)."""
-    s2_i, s2_j = _pair_grids(s + s)
-    d2 = s2_j - s2_i
-    return masked_reciprocal(d2, d2.abs() > 2 * tau)
+def auto_inverse_singular_values(
+    ctx: BackwardContext, projected: torch.Tensor, raw: torch.Tensor
+) -> torch.Tensor:
+    """1/s_i exact for s_i > τ; at rounding level kept by the rounding rule on the column norms.
+
+    Fast path (values readable, no s_i ≤ τ): plain 1/s, no column norms computed.
+    """
+    s, tau = ctx.s, ctx.tau.squeeze(-1)
+    above = s > tau
+    if ctx.values_visible and bool(above.all()):
+        return s.reciprocal()
+    numerator = torch.linalg.vector_norm(projected.detach(), dim=-2)
+    summands = torch.linalg.vector_norm(raw.detach(), dim=-2)
+    sigma_max, g = ctx.sigma_max.squeeze(-1), ctx.upstream_scale.squeeze(-1)
+    keep = above | rounding_terms_kept(numerator, summands, s, sigma_max, g)
+    return masked_reciprocal(s, keep)
 
 
 def needs_guard(s: torch.Tensor, tau: torch.Tensor) -> bool:
-    """Whether any denominator of the auto kernel is at rounding level, checked on O(k) values.
+    """Whether any denominator of the exact kernel is at rounding level, checked on O(k) values.
 
     s is sorted, so a tie exists iff some neighbouring gap s_i − s_{i+1} ≤ τ, and
     some σ_ij ≤ τ iff 2 s_min ≤ τ; both in one reduction over (gaps, 2 s_min).
-    Reads values (a host sync on GPUs), so it is only called outside
-    torch.func transforms.
+    Reads values (a host sync on GPUs): only called where values are visible.
     """
     edges = torch.cat((s[..., :-1] - s[..., 1:], s[..., -1:] * 2), dim=-1)
     return bool((edges <= tau.squeeze(-1)).any())
-
-
-def auto_inner(
-    s: torch.Tensor, tau: torch.Tensor, jk_sum: torch.Tensor, jk_diff: torch.Tensor
-) -> torch.Tensor:
-    """Split form with every reciprocal exact above rounding level.
-
-    X_ij = (J+K)_ij / (2 d_ij) [dropped iff |d_ij| ≤ τ] + (J−K)_ij / (2 σ_ij) [dropped iff σ_ij ≤ τ].
-    """
-    difference_part = jk_sum * _half_inverse_differences(s, tau)
-    return torch.addcmul(difference_part, jk_diff, _half_inverse_sums(s, tau))
 
 
 def unguarded_inner(
@@ -128,110 +328,44 @@ def unguarded_inner(
 ) -> torch.Tensor:
     """The exact kernel in combined form, for real inputs with no denominator at rounding level.
 
-    X_ij = (J_ij s_j + s_i K_ij) / (s_j² − s_i²), the diagonal of the denominator set
-    to 1 (the numerator's diagonal is 0: J and K are real skew matrices). With every
-    |d_ij| and σ_ij above τ this is the split form's value, obtained in fewer
-    passes over the k×k arrays (the difference of squares and the cancelling
-    numerator carry the same ε·s/|d_ij| relative error as the split form's
-    difference part).
+    X_ij = (J_ij s_j + s_i K_ij) / (s_j² − s_i²), the diagonal of the denominator
+    set to 1 (the numerator's diagonal is 0 for real skew J, K). With every
+    |d_ij| and σ_ij above τ this is the split form's value in fewer passes.
     """
-    s_i, s_j = _pair_grids(s)
+    s_i, s_j = pair_grids(s)
     denominator = s_j * s_j - s_i * s_i
     denominator.diagonal(dim1=-2, dim2=-1).fill_(1.0)
     return combined_numerator(J, K, s_i, s_j) / denominator
 
 
-def lorentz_inner(
-    s: torch.Tensor,
-    tau: torch.Tensor,
-    jk_sum: torch.Tensor,
-    jk_diff: torch.Tensor,
-    eps: torch.Tensor,
+def combined_numerator(
+    J: torch.Tensor | None, K: torch.Tensor | None, left: torch.Tensor, right: torch.Tensor
 ) -> torch.Tensor:
-    """Lorentzian broadening of the difference part only: 1/d → d / (d² + eps).
+    """J_ij·right_j + left_i·K_ij, a missing J or K counting as 0."""
+    if J is not None and K is not None:
+        return J * right + left * K
+    if J is not None:
+        return J * right
+    if K is not None:
+        return left * K
+    raise ValueError("the inner matrix needs Uᴴ gU or Vᴴ gV")
 
-    X_ij = (J+K)_ij d_ij / (2 (d_ij² + eps)) + exact sum part. eps has the units of s².
-    """
-    s_i, s_j = _pair_grids(s)
-    d = s_j - s_i
-    return jk_sum * (d / (d * d + eps)) / 2 + exact_sum_part(s, tau, jk_diff)
 
-
-def tie_signs(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def tiesigns_of(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The sign d_ij = s_j − s_i has for distinct descending values: −1 above the diagonal, +1 below."""
     upper = torch.ones(k, k, dtype=torch.bool, device=device).triu(1)
     return torch.where(upper, -torch.ones((), dtype=dtype), torch.ones((), dtype=dtype)).to(device)
 
 
-def clamp_inner(
-    s: torch.Tensor, J: torch.Tensor | None, K: torch.Tensor | None, eps: torch.Tensor
-) -> torch.Tensor:
-    """The seed's rule (Ionescu et al. 2015) on the combined kernel, made finite everywhere.
-
-    X_ij = (J_ij s_j + s_i K_ij) / (d̃_ij σ_ij), d̃_ij = sign(d_ij) · max(|d_ij|, eps),
-    evaluated as (J_ij (s_j/σ_ij) + (s_i/σ_ij) K_ij) / d̃_ij so that σ_ij → 0 does
-    not overflow. Fixes of the seed: an exact tie takes the sign distinct values
-    would have (the seed's sign(0) = 0 divides by zero), and σ_ij = 0 (two zero
-    singular values, numerator 0) gives 0 (the seed divides by zero).
-    """
-    s_i, s_j = _pair_grids(s)
-    d = s_j - s_i
-    sigma = s_i + s_j
-    sign = torch.where(d != 0, torch.sign(d), tie_signs(s.shape[-1], s.dtype, s.device))
-    clamped = sign * torch.maximum(d.abs(), eps)
-    inv_sigma = masked_reciprocal(sigma, sigma > 0)
-    numerator = combined_numerator(J, K, s_i * inv_sigma, s_j * inv_sigma)
-    eye = torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)
-    off = torch.where(eye, torch.zeros_like(numerator), numerator / clamped)
-    jk_diff = split_parts(J, K)[1]
-    return off + _phase_diagonal(jk_diff, masked_reciprocal(sigma, sigma > 0))
+def signs_of(d: torch.Tensor) -> torch.Tensor:
+    """sign(d_ij), an exact tie taking the sign distinct descending values would have."""
+    return torch.where(d != 0, torch.sign(d), tiesigns_of(d.shape[-1], d.dtype, d.device))
 
 
-def taylor_inner(
-    s: torch.Tensor,
-    tau: torch.Tensor,
-    J: torch.Tensor | None,
-    K: torch.Tensor | None,
-    degree: int,
-) -> torch.Tensor:
-    """Wang et al. (TPAMI 2021): a degree-P Taylor series of the combined kernel in λ = s².
-
-    For λ_a ≥ λ_b: 1/(λ_a − λ_b) ≈ (1/λ_a) Σ_{p=0..P} (λ_b/λ_a)^p, bounded by (P+1)/λ_a,
-    so F_ij = 1/(λ_j − λ_i) ≈ ∓ that series (− above the diagonal, + below), and
-    X_ij = F_ij (J_ij s_j + s_i K_ij). Pairs with λ_a ≤ τ² (both at zero) give 0.
-    """
-    lam = s * s
-    lam_i, lam_j = _pair_grids(lam)
-    big = torch.maximum(lam_i, lam_j)
-    small = torch.minimum(lam_i, lam_j)
-    keep = big > tau * tau
-    inv_big = masked_reciprocal(big, keep)
-    ratio = small * inv_big
-    series = torch.ones_like(ratio)
-    for _ in range(degree):  # Horner: 1 + r(1 + r(1 + ...))
-        series = 1 + ratio * series
-    kernel = tie_signs(s.shape[-1], s.dtype, s.device) * series * inv_big
-    s_i, s_j = _pair_grids(s)
-    numerator = combined_numerator(J, K, s_i, s_j)
-    eye = torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)
-    off = torch.where(eye, torch.zeros_like(kernel), kernel) * numerator
-    jk_diff = split_parts(J, K)[1]
-    sigma = s_i + s_j
-    return off + _phase_diagonal(jk_diff, masked_reciprocal(sigma, sigma > tau))
+def upper_pairs(k: int, device: torch.device) -> torch.Tensor:
+    return torch.ones(k, k, dtype=torch.bool, device=device).triu(1)
 
 
-def inverse_singular_values(
-    method: str, s: torch.Tensor, tau: torch.Tensor, eps: torch.Tensor | None
-) -> torch.Tensor:
-    """The 1/s_i of the rectangular terms, guarded the way each method guards its kernel.
-
-    Every method drops the term where s_i ≤ τ (a zero singular value: its
-    singular vector on the long side is arbitrary). Above τ: auto, taylor,
-    trivialize exact; clamp 1/max(s_i, eps); lorentz s_i / (s_i² + eps).
-    """
-    keep = s > tau.squeeze(-1)
-    if method == "clamp" and eps is not None:
-        return torch.where(keep, 1.0 / torch.maximum(s, eps.squeeze(-1)), 0.0)
-    if method == "lorentz" and eps is not None:
-        return torch.where(keep, s / (s * s + eps.squeeze(-1)), 0.0)
-    return masked_reciprocal(s, keep)
+def off_diagonal(x: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(x.shape[-1], dtype=torch.bool, device=x.device)
+    return torch.where(eye, torch.zeros((), dtype=x.dtype, device=x.device), x)
