@@ -193,7 +193,9 @@ def _eigh_backward_flags(lam: torch.Tensor, has_vector_grads: bool) -> tuple[boo
 # --- argument handling ----------------------------------------------------------------
 
 
-def _argument(args: tuple, kwargs: dict[str, Any], position: int, name: str, default: Any) -> Any:
+def _argument(
+    args: tuple[Any, ...], kwargs: dict[str, Any], position: int, name: str, default: Any
+) -> Any:
     if len(args) > position:
         return args[position]
     return kwargs.get(name, default)
@@ -227,7 +229,7 @@ _STATE = _RouteState()
 _SVD_TAKES_DRIVER = "driver" in inspect.signature(svd).parameters
 
 
-_Route = Callable[["guard", Any, tuple, dict], Any]
+_Route = Callable[["guard", Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
 # --- the mode -------------------------------------------------------------------------
@@ -289,7 +291,11 @@ class guard(TorchFunctionMode, contextlib.ContextDecorator):  # noqa: N801 - use
 
     # The mode's entry point: one dict look-up for every torch call inside the block.
     def __torch_function__(
-        self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
     ) -> Any:
         route = _ROUTES.get(func)
         if route is None or _STATE.busy:
@@ -365,7 +371,7 @@ class guard(TorchFunctionMode, contextlib.ContextDecorator):  # noqa: N801 - use
 # --- the routes: one function per torch entry point ------------------------------------
 
 
-def _route_linalg_svd(mode: guard, func: Any, args: tuple, kwargs: dict) -> Any:
+def _route_linalg_svd(mode: guard, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # torch.linalg.svd(A, full_matrices=True, *, driver=None, out=None)
     A = _argument(args, kwargs, 0, "A", None)
     counts = mode._site("torch.linalg.svd")
@@ -398,7 +404,7 @@ def _hook_svd(
     mode._count_backward(counts, (U, S, Vh), flags)
 
 
-def _route_legacy_svd(mode: guard, func: Any, args: tuple, kwargs: dict) -> Any:
+def _route_legacy_svd(mode: guard, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # torch.svd(input, some=True, compute_uv=True, *, out=None); Tensor.svd(self, some, compute_uv)
     A = _argument(args, kwargs, 0, "input", None)
     counts = mode._site("torch.svd")
@@ -408,10 +414,10 @@ def _route_legacy_svd(mode: guard, func: Any, args: tuple, kwargs: dict) -> Any:
     some = bool(_argument(args, kwargs, 1, "some", True))
     U, S, Vh = svd(A, full_matrices=not some, **mode._svd_options)
     _hook_svd(mode, counts, U, S, Vh, A.shape[-2], A.shape[-1])
-    return torch.return_types.svd((U, S, Vh.mH))  # type: ignore[attr-defined]
+    return getattr(torch.return_types, "svd")((U, S, Vh.mH))  # noqa: B009 (absent from stubs)
 
 
-def _route_svdvals(mode: guard, func: Any, args: tuple, kwargs: dict) -> Any:
+def _route_svdvals(mode: guard, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # torch.linalg.svdvals(A, *, driver=None, out=None)
     A = _argument(args, kwargs, 0, "A", None)
     mode._site("torch.linalg.svdvals")
@@ -422,7 +428,7 @@ def _route_svdvals(mode: guard, func: Any, args: tuple, kwargs: dict) -> Any:
     return svdvals(A)
 
 
-def _route_eigh(mode: guard, func: Any, args: tuple, kwargs: dict) -> Any:
+def _route_eigh(mode: guard, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # torch.linalg.eigh(A, UPLO='L', *, out=None)
     A = _argument(args, kwargs, 0, "A", None)
     counts = mode._site("torch.linalg.eigh")
@@ -442,7 +448,7 @@ def _route_eigh(mode: guard, func: Any, args: tuple, kwargs: dict) -> Any:
     return torch.return_types.linalg_eigh((lam, V))  # type: ignore[attr-defined]
 
 
-def _route_eigvalsh(mode: guard, func: Any, args: tuple, kwargs: dict) -> Any:
+def _route_eigvalsh(mode: guard, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # torch.linalg.eigvalsh(A, UPLO='L', *, out=None)
     A = _argument(args, kwargs, 0, "A", None)
     mode._site("torch.linalg.eigvalsh")

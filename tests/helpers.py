@@ -110,7 +110,7 @@ def finite_difference_tolerance(derivative_scale: float = 1e3) -> float:
 
 
 def near_tie_tolerance(gap: float, sigma_max: float, dtype: torch.dtype = torch.float64) -> float:
-    """Accuracy of the difference part at a gap (MATH.md §2): ε·σ_max/gap, relative.
+    """Accuracy of the difference part at a gap (docs/backward.md#the-split-form): ε·σ_max/gap, relative.
 
     Its numerator carries an absolute error of about ε·σ_max·‖G‖, divided by
     the gap; nothing computed from the factors can do better.

@@ -64,6 +64,9 @@ MAX_ATTEMPTS = 4
 
 INDEX_SUFFIX = ".safetensors.index.json"
 
+#: torch.linalg.LinAlgError (non-convergence); torch's stubs do not export the name.
+_LINALG_ERROR: type[Exception] = getattr(torch.linalg, "LinAlgError")  # noqa: B009
+
 
 class Status(str, Enum):
     """What happened to one tensor."""
@@ -416,7 +419,7 @@ def _process(
     bounds = plan.bounds.for_dtype(storage)
     try:
         stored, fields = _repair_matrix(matrix, storage, bounds)
-    except torch.linalg.LinAlgError as err:
+    except _LINALG_ERROR as err:
         raise NumericalError(f"{record.display_name}: the SVD did not converge ({err})") from None
     if stored is not None and sink is not None:
         sink(record.key, stored.reshape(tensor.shape))

@@ -42,8 +42,9 @@ phase of the eigenvectors raises :class:`~svdguard.errors.IllDefinedGradientErro
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -225,14 +226,14 @@ class _EighFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         A: torch.Tensor, UPLO: str, config: EighConfig, gauge_check: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         L, V = torch.linalg.eigh(A, UPLO=UPLO)
         return L, V
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
         _, _, config, gauge_check = inputs
         ctx.save_for_backward(*output)
         ctx.config = config
@@ -240,7 +241,9 @@ class _EighFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx: Any, g_lam, gV):  # type: ignore[override]
+    def backward(
+        ctx: Any, g_lam: torch.Tensor | None, gV: torch.Tensor | None
+    ) -> tuple[torch.Tensor, None, None, None]:
         lam, V = ctx.saved_tensors
         config: EighConfig = ctx.config
         if gV is not None and _values_visible(lam):
@@ -308,9 +311,11 @@ def eigh(
     UPLO = _check_uplo(UPLO, "svdguard.eigh")
     config = make_eigh_config(method, eps)
     if config is None:  # torch's own backward
-        return torch.linalg.eigh(A, UPLO=UPLO)
-    lam, V = _EighFunction.apply(A, UPLO, config, bool(gauge_check))
-    return torch.return_types.linalg_eigh((lam, V))  # type: ignore[attr-defined]
+        return cast(EighResult, torch.linalg.eigh(A, UPLO=UPLO))
+    apply = cast(Callable[..., EighResult], _EighFunction.apply)  # torch leaves apply untyped
+    lam, V = apply(A, UPLO, config, bool(gauge_check))
+    named_tuple = getattr(torch.return_types, "linalg_eigh")  # noqa: B009 (absent from torch's stubs)
+    return cast(EighResult, named_tuple((lam, V)))
 
 
 def eigvalsh(A: torch.Tensor, UPLO: str = "L") -> torch.Tensor:
@@ -323,5 +328,5 @@ def eigvalsh(A: torch.Tensor, UPLO: str = "L") -> torch.Tensor:
     A = _check_hermitian_input(A, "svdguard.eigvalsh")
     UPLO = _check_uplo(UPLO, "svdguard.eigvalsh")
     if not (torch.is_grad_enabled() and A.requires_grad):
-        return torch.linalg.eigvalsh(A, UPLO=UPLO)
+        return cast(torch.Tensor, torch.linalg.eigvalsh(A, UPLO=UPLO))
     return eigh(A, UPLO)[0]

@@ -15,6 +15,7 @@ import torch
 
 from svdguard.errors import InputError, SvdguardWarning
 from svdguard.linalg.gauge import check_complex_phase, find_gauge_violations
+from svdguard.linalg.matrix_input import check_matrix
 from svdguard.linalg.stabilizer_values import (
     DEFAULT_TAYLOR_DEGREE,
     METHODS,
@@ -23,7 +24,6 @@ from svdguard.linalg.stabilizer_values import (
 )
 from svdguard.linalg.stabilizers import Stabilizer
 from svdguard.linalg.svd_backward import svd_backward
-from svdguard.tolerances import compute_dtype
 
 __all__ = [
     "DEFAULT_TAYLOR_DEGREE",
@@ -121,16 +121,8 @@ def _detach(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _check_matrix(A: Any, what: str) -> torch.Tensor:
-    if not isinstance(A, torch.Tensor):
-        raise InputError(f"{what} expects a torch.Tensor, got {type(A).__name__}")
-    if A.dim() < 2:
-        raise InputError(
-            f"{what} expects a matrix or a batch of matrices (..., m, n), got shape {tuple(A.shape)}"
-        )
-    if not (A.dtype.is_floating_point or A.dtype.is_complex):
-        raise InputError(f"{what} expects a floating or complex tensor, got dtype {A.dtype}")
-    target = compute_dtype(A.dtype)
-    return A if A.dtype == target else A.to(target)
+    """The one matrix validator (:func:`svdguard.linalg.matrix_input.check_matrix`); empty allowed."""
+    return check_matrix(A, what, allow_empty=True)
 
 
 def _check_out(out: Any, count: int, what: str, A: torch.Tensor) -> None:

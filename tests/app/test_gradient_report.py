@@ -69,7 +69,7 @@ def test_reconstruct_probe_gradient_is_w_and_at_a_tie_loses_only_the_in_block_pa
     """⟨W, U diag(S) Vᴴ⟩ = ⟨W, A⟩: the true gradient is W whatever the spectrum.
 
     At an exact tie the symmetric in-block part of Uᵀ W V is not recoverable from
-    the factors and their upstream gradients (MATH.md §2): the stabilized gradient
+    the factors and their upstream gradients (docs/backward.md#at-an-exact-tie): the stabilized gradient
     must equal W everywhere else, and differ from it only there.
     """
     tol = exactness_tolerance(torch.float64)
