@@ -27,12 +27,30 @@ if TYPE_CHECKING:
     from svdguard.app.inspection import inspect
     from svdguard.guard_mode import GuardReport, guard
     from svdguard.linalg.eigh import eigh, eigvalsh
+    from svdguard.linalg.stabilizer_values import (
+        Auto,
+        Clamp,
+        Lorentz,
+        Native,
+        Seed,
+        Taylor,
+        Trivialize,
+    )
+    from svdguard.linalg.stabilizers import Stabilizer
     from svdguard.linalg.svd import METHODS, svd, svdvals
 
 __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "Auto",
+    "Clamp",
+    "Lorentz",
+    "Native",
+    "Seed",
+    "Stabilizer",
+    "Taylor",
+    "Trivialize",
     "IllDefinedGradientError",
     "InputError",
     "NumericalError",
@@ -64,6 +82,11 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "guard": ("svdguard.guard_mode", "guard"),
     "GuardReport": ("svdguard.guard_mode", "GuardReport"),
     "eigh": ("svdguard.linalg.eigh", "eigh"),
+    **{
+        name: ("svdguard.linalg.stabilizer_values", name)
+        for name in ("Auto", "Clamp", "Lorentz", "Native", "Seed", "Taylor", "Trivialize")
+    },
+    "Stabilizer": ("svdguard.linalg.stabilizers", "Stabilizer"),
     "eigvalsh": ("svdguard.linalg.eigh", "eigvalsh"),
 }
 
