@@ -298,7 +298,7 @@ def _findings(
                         f"{pairs} pair(s) of singular values tied (|s_i − s_j| ≤ "
                         f"{x.tie_tol:.2e}), as in orthogonal or identity initialisations: "
                         "harmless for using this weight; it matters only if you differentiate "
-                        "through the SVD of this weight (see profile svd-grad)",
+                        "through the SVD of this weight (the svd-grad profile answers that question)",
                     )
                 )
             else:
