@@ -55,7 +55,7 @@ def _number(where: str, value: Any) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise InputError(f"{where} must be a number (\"inf\" allowed), got {value!r}") from None
+        raise InputError(f'{where} must be a number ("inf" allowed), got {value!r}') from None
     if math.isnan(number):
         raise InputError(f"{where} must be a number, got {value!r}")
     return number
@@ -76,7 +76,9 @@ def _integer(where: str, value: Any) -> int:
 def _per_tensor(where: str, value: Any) -> dict[str, list[str]]:
     if not isinstance(value, dict):
         raise InputError(f'{where} must be a table of glob = ["SG…"], got {value!r}')
-    return {_string(where, glob): _strings(f"{where}[{glob!r}]", codes) for glob, codes in value.items()}
+    return {
+        _string(where, glob): _strings(f"{where}[{glob!r}]", codes) for glob, codes in value.items()
+    }
 
 
 #: Every key the table may hold → how its value is read.
@@ -162,7 +164,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> ProjectConfig:
     except UnicodeDecodeError:
         raise InputError("is not UTF-8 text", path=found) from None
     if not _TABLE.search(text):
-        return ProjectConfig(path=found)
+        return ProjectConfig()  # a project file without svdguard settings
     loads = _toml_loads()
     if loads is None:
         raise InputError(

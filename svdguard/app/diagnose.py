@@ -130,7 +130,9 @@ class _Numbers:
 SKETCH_POINTS = 12
 
 
-def _ranks_and_sketch(s: torch.Tensor) -> tuple[float | None, float | None, tuple[float, ...] | None]:
+def _ranks_and_sketch(
+    s: torch.Tensor,
+) -> tuple[float | None, float | None, tuple[float, ...] | None]:
     """Stable rank Σs²/s_1², effective rank exp(entropy of s/Σs), and the log-spectrum sketch.
 
     O(k) on the spectrum already computed: no further decomposition.

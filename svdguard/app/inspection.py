@@ -219,7 +219,6 @@ def skip_reason(
     return None
 
 
-
 def _message(err: BaseException) -> str:
     """An svdguard error's message without the ``path[key]:`` prefix the row already shows."""
     return getattr(err, "message", None) or f"{type(err).__name__}: {err}"

@@ -201,9 +201,7 @@ def _threshold(flag: str, value: float | None, config: Any, key: str) -> float |
     if key == "max-cond" and not value > 1.0:
         raise _bad_message(where, f"must be above 1 (inf switches the check off), got {value}")
     if key == "gap-tol" and (math.isnan(value) or not 0.0 <= value < 1.0):
-        raise _bad_message(
-            where, f"must lie in [0, 1) (0 switches the check off), got {value}"
-        )
+        raise _bad_message(where, f"must lie in [0, 1) (0 switches the check off), got {value}")
     return value
 
 
@@ -444,7 +442,9 @@ def run(
 
     chosen_profile = pick(profile.value if profile else None, "profile", "health")
     if chosen_profile not in ("health", "svd-grad"):
-        raise _bad_message(config.where("profile"), f"must be health or svd-grad, got {chosen_profile!r}")
+        raise _bad_message(
+            config.where("profile"), f"must be health or svd-grad, got {chosen_profile!r}"
+        )
     chosen_fail_on = FailOn(pick(fail_on.value if fail_on else None, "fail-on", "error"))
     chosen_precision = pick(precision.value if precision else None, "precision", "float64")
     select_rules = rules(select, "--select", "select")
