@@ -26,7 +26,7 @@ EPS64 = machine_eps(torch.float64)
 
 #: What sample_data/make_samples.py documents for each tensor of checkpoint.safetensors,
 #: in the health profile and in the svd-grad profile.
-W, E, I = Severity.WARNING, Severity.ERROR, Severity.INFO
+W, E, INFO = Severity.WARNING, Severity.ERROR, Severity.INFO
 EXPECTED_SAMPLE = {
     "encoder.layer0.attention.weight": ((None, ()), (None, ())),
     "encoder.layer0.ffn.weight": ((None, ()), (None, ())),
@@ -35,9 +35,9 @@ EXPECTED_SAMPLE = {
         (W, ("ill-conditioned",)),
     ),
     "encoder.layer1.rank_deficient.weight": ((W, ("rank-deficient",)), (W, ("rank-deficient",))),
-    "encoder.layer2.orthogonal.weight": ((I, ("tied",)), (E, ("tied",))),
+    "encoder.layer2.orthogonal.weight": ((INFO, ("tied",)), (E, ("tied",))),
     "encoder.layer2.near_tie.weight": ((None, ()), (W, ("near-degenerate",))),
-    "embeddings.word.weight": ((I, ("noise-floor",)), (I, ("noise-floor",))),
+    "embeddings.word.weight": ((INFO, ("noise-floor",)), (INFO, ("noise-floor",))),
     "conv1.weight": ((None, ()), (None, ())),
     "head.diverged.weight": ((E, ("nonfinite",)), (E, ("nonfinite",))),
     "head.unused.weight": ((W, ("zero",)), (W, ("zero",))),
