@@ -13,12 +13,14 @@ bf16/fp16/fp8), ε_p the ε of the dtype the singular values are computed in
   (``svdguard.linalg.spectrum.singular_gaps``); ``vector_error_bound`` is
   ε_w·σ_max/min_i gap_i, LAPACK's bound on the angle error of a computed
   singular vector.
-* tied pairs: i < j with |s_i − s_j| ≤ τ_tie, near-degenerate pairs:
-  |s_i − s_j| ≤ τ_near (tolerances.inspect_tie_tolerance / _near_degenerate_).
+* tied pairs: |s_i − s_j| ≤ τ_tie (``tolerances.reference_tie_tolerance``),
+  near-degenerate pairs: |s_i − s_j| ≤ gap_rtol·σ_max (√ε_w by default).
+* stable rank Σ s_i²/s_1², effective rank exp(−Σ p_i log p_i) with p_i = s_i/Σ s_j.
 
 The spectrum itself comes from :mod:`svdguard.linalg.spectrum_analysis`; this
-module judges it. Each :class:`~svdguard.app.report.Finding` carries a stable
-code (its flag), the numbers, the consequence, and the library parameter whose
+module judges it for a profile (``health`` or ``svd-grad``) with the rules of
+:mod:`svdguard.app.rules`. Each :class:`~svdguard.app.report.Finding` carries a
+stable code, the numbers, the consequence, and the library parameter whose
 threshold raised it; remedies that name command-line flags are the CLI's.
 """
 

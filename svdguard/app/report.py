@@ -52,12 +52,14 @@ INSPECT_SCHEMA_VERSION = 3
 class Severity(str, Enum):
     """How bad a finding is; ordered ``ERROR > WARNING > INFO``.
 
-    * ``error``: the numbers cannot be trusted or gradients do not exist
-      (non-finite entries, tied singular values, a failed decomposition).
-    * ``warning``: well defined but ill-posed (ill-conditioned, rank-deficient,
-      near-degenerate above rounding level, all-zero).
-    * ``info``: context that changes how to read the numbers (the noise floor of
-      low-precision storage, a condition number at the resolution of float32).
+    Which severity a rule raises depends on the profile (``docs/diagnostics.md#rules``):
+
+    * ``error``: the weight cannot be used as it is for the question asked
+      (non-finite entries, a failed decomposition; tied singular values in svd-grad).
+    * ``warning``: well defined but ill-posed, and unusual for the shape
+      (ill-conditioned, rank-deficient, near-degenerate in svd-grad, all-zero).
+    * ``info``: context that changes how to read the numbers (ties in health, the
+      noise floor of low-precision storage, what a coarser precision cannot decide).
     """
 
     ERROR = "error"
