@@ -232,7 +232,8 @@ def typical_cond(m: int, n: int, quantile: float = TYPICAL_COND_QUANTILE) -> flo
     if q < 1:
         return math.inf
     reference = (math.sqrt(p) + math.sqrt(q)) / (math.sqrt(p) - math.sqrt(q - 1))
-    return reference * (0.5 / (1.0 - quantile)) ** (1.0 / (p - q + 1))
+    tail: float = (0.5 / (1.0 - quantile)) ** (1.0 / (p - q + 1))
+    return reference * tail
 
 
 def health_max_cond(working: torch.dtype, m: int, n: int) -> float:

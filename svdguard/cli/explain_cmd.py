@@ -27,8 +27,8 @@ def run(
     from svdguard.app.rules import RULES, find_rule
 
     if code is None:
-        for rule in RULES:
-            print(f"{rule.code}  {rule.name:<16} {rule.summary}")
+        for listed in RULES:
+            print(f"{listed.code}  {listed.name:<16} {listed.summary}")
         return
     rule = find_rule(code)
     if rule is None:

@@ -364,7 +364,7 @@ def rollup_groups(rows: Sequence[Row]) -> list[LayerGroup]:
 
 
 def _rollup_table(groups: Sequence[LayerGroup], name_width: int | None) -> Table:
-    cells = [
+    cells: list[list[Text | str]] = [
         [
             _severity_text(g.severity), g.name, str(g.count), fmt(g.worst_cond),
             fmt(g.worst_rel_gap),
