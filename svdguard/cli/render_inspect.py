@@ -157,7 +157,7 @@ def sparkline(sketch: Sequence[float] | None) -> str:
     to σ_max: ``████▇▇▇▆▆▅▄▁`` is a spectrum that falls off at its end.
 
     >>> sparkline([0.0, -0.5, -1.0])
-    '█▄▁'
+    '█▅▁'
     >>> sparkline(None)
     '—'
     """
@@ -172,7 +172,7 @@ def middle_ellipsis(text: str, width: int) -> str:
     """``text`` cut to ``width`` characters by dropping its middle (the tail tells layers apart).
 
     >>> middle_ellipsis("encoder.layer.11.attention.self.query.weight", 24)
-    'encod…n.self.query.weight'[:0] + 'enco…on.self.query.weight'
+    'encoder.…lf.query.weight'
     """
     if len(text) <= width or width < 5:
         return text
