@@ -270,12 +270,15 @@ def _findings(
     if x.sigma_max == 0.0:
         if not judgement.runs(Flag.ZERO):
             return ()
+        consequence = (
+            "the layer passes nothing on (never trained, pruned, or zeroed by mistake)"
+            if health
+            else "every singular vector is arbitrary (gauge freedom): a loss through U or V "
+            "has no gradient"
+        )
         return (
             Finding(
-                Flag.ZERO,
-                Severity.WARNING,
-                "every entry is zero: rank 0, κ₂ = ∞; the layer passes nothing on "
-                "(never trained, pruned, or zeroed by mistake)",
+                Flag.ZERO, Severity.WARNING, "every entry is zero: rank 0, κ₂ = ∞; " + consequence
             ),
         )
     found: list[Finding] = []

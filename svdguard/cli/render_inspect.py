@@ -397,7 +397,8 @@ def print_table(
     rows, skipped = worst_first(items, view.sort)
     common = _common_path(rows, skipped)
     single_file = common is not None
-    names = [Path(common).name] if common else [Path(p).name for p in inputs]
+    label = view.labels.label if view.labels is not None else (lambda p: Path(p).name)
+    names = [label(common)] if common else [label(p) for p in inputs]
     title = " ".join(["svdguard inspect", *names])
     shown = shown_rows(rows, view)
     if shown:

@@ -212,3 +212,14 @@ def test_help_version_threads_and_explain() -> None:
     assert runner.invoke(app, ["explain", "SG999"]).exit_code == 2
     listing = runner.invoke(app, ["explain"]).stdout
     assert all(code in listing for code in ("SG101", "SG202", "SG302", "SG402"))
+
+
+def test_inputs_sharing_a_name_are_told_apart(tmp_path: Path) -> None:
+    for folder, seed in (("a", 1), ("b", 2)):
+        (tmp_path / folder).mkdir()
+        save_file({"w": ill(seed)}, str(tmp_path / folder / "model.safetensors"))
+    result = run(
+        str(tmp_path / "a" / "model.safetensors"), str(tmp_path / "b" / "model.safetensors")
+    )
+    assert "a/model.safetensors[w]" in result.stdout and "b/model.safetensors[w]" in result.stdout
+    assert "svdguard inspect a/model.safetensors b/model.safetensors" in result.stdout
