@@ -275,7 +275,8 @@ def fitted_table(
     console: Console, rows: Sequence[Row], single_file: bool, title: str | None
 ) -> tuple[Table, list[str]]:
     """The table, without the least important columns if it would not fit the console's width,
-    and with long names shortened in the middle if it still does not.
+    and, in a terminal, with long names shortened in the middle if it still does not (a pipe
+    or a file with ``COLUMNS`` set keeps every name whole, greppable).
 
     Returns the table and the headers it hid (empty when everything fits).
     """
@@ -288,7 +289,7 @@ def fitted_table(
         hidden.append(header)
         table = _table(cells, title, hidden)
     excess = natural_width(console, table) - console.width
-    if excess > 0:
+    if excess > 0 and console.is_terminal:  # a pipe or a file keeps every name whole
         longest = max((len(str(c[_MATRIX])) for c in cells), default=0)
         table = _table(cells, title, hidden, name_width=max(12, longest - excess))
     return table, hidden
@@ -404,7 +405,9 @@ def print_table(
     if shown:
         if fit_to_console:
             table, hidden = fitted_table(console, shown, single_file, title)
-            console.print(table)
+            width = natural_width(console, table)
+            # Still too wide (a pipe never shortens names): overflow rather than cut a cell.
+            console.print(table, width=width if width > console.width else None)
         else:
             table, hidden = _table([_cells(r, single_file) for r in shown], title), []
             console.print(table, width=natural_width(console, table))
@@ -437,12 +440,13 @@ def print_table(
     if groups:
         console.print()
         group_table = _rollup_table(groups, None)
-        if fit_to_console and natural_width(console, group_table) > console.width:
+        too_wide = natural_width(console, group_table) > console.width
+        if fit_to_console and console.is_terminal and too_wide:
             excess = natural_width(console, group_table) - console.width
             longest = max(len(g.name) for g in groups)
             group_table = _rollup_table(groups, max(12, longest - excess))
             console.print(group_table)
-        elif fit_to_console:
+        elif fit_to_console and not too_wide:
             console.print(group_table)
         else:
             console.print(group_table, width=natural_width(console, group_table))

@@ -31,6 +31,7 @@ CHECKPOINT = SAMPLES / "checkpoint.safetensors"
 SCHEMA = json.loads(
     (Path(svdguard.__file__).parent / "cli" / "inspect_schema.json").read_text(encoding="utf-8")
 )
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ANSI_COLOR = re.compile(r"\x1b\[[0-9;]*(3[0-7]|9[0-7]|38;[0-9;]+)m")
 
 
@@ -473,18 +474,20 @@ def test_corpus_exit_codes(corpus: Path, case: CorpusCase) -> None:
 
 
 def test_narrow_console_hides_the_least_important_columns() -> None:
-    narrow = run(str(CHECKPOINT), env={"COLUMNS": "100"})
-    wide = run(str(CHECKPOINT), env={"COLUMNS": "250"})
+    terminal = {"TTY_COMPATIBLE": "1", "NO_COLOR": "1"}
+    narrow = run(str(CHECKPOINT), env={"COLUMNS": "100", **terminal})
+    wide = run(str(CHECKPOINT), env={"COLUMNS": "250", **terminal})
     assert narrow.exit_code == wide.exit_code == 1
-    header = next(line for line in narrow.stdout.splitlines() if "matrix" in line)
+    narrow_out, wide_out = ANSI.sub("", narrow.stdout), ANSI.sub("", wide.stdout)
+    header = next(line for line in narrow_out.splitlines() if "matrix" in line)
     assert "κ₂" in header and "min gap" in header and "findings" in header
     assert "σ_min" not in header
-    assert "columns hidden to fit 100 characters: σ_min" in narrow.stdout
-    assert "columns hidden" not in wide.stdout
-    assert "σ_min" in next(line for line in wide.stdout.splitlines() if "matrix" in line)
-    assert all(len(line.rstrip()) <= 100 for line in narrow.stdout.splitlines()[:16])
+    assert "columns hidden to fit 100 characters: σ_min" in narrow_out
+    assert "columns hidden" not in wide_out
+    assert "σ_min" in next(line for line in wide_out.splitlines() if "matrix" in line)
+    assert all(len(line.rstrip()) <= 100 for line in narrow_out.splitlines()[:16])
     # Flags never wrap: every finding code stays on its row.
-    assert "SG101 nonfinite" in narrow.stdout
+    assert "SG101 nonfinite" in narrow_out
 
 
 def test_piped_table_never_wraps_or_cuts_names(tmp_path: Path) -> None:
