@@ -339,19 +339,31 @@ def _findings(
             open_checks.append("whether a pair is near-degenerate")
 
     # --- rank and conditioning: solving, inverting, 1/s terms ---------------------------------
+    max_cond = judgement.max_cond
+    if max_cond is None:
+        max_cond = (
+            tolerances.health_max_cond(working, m, n)
+            if health
+            else tolerances.default_max_cond(working)
+        )
+    digits = -math.log10(eps_w)
     deficient = _at_most(x.sigma_min, x.reference_rank_tol, margin)
     if judgement.runs(Flag.RANK_DEFICIENT):
         if deficient is _Verdict.YES:
-            unusual = cond_low >= typical
+            # health: as serious as SG201 would be (κ₂ unusual for the shape and beyond half
+            # the working digits), else context; svd-grad: the null space is the problem.
+            unusual = cond_low >= max_cond
             severity = Severity.WARNING if unusual or not health else Severity.INFO
             if health:
                 consequence = (
                     f"κ₂ ≥ {cond_low:.1e} is beyond what 1 in 100 random {m}×{n} matrices "
-                    f"reach ({typical:.1e}): solving with it or inverting it fails"
+                    f"reach ({typical:.1e}): solving with it or inverting it loses about "
+                    f"{min(math.log10(cond_low), digits):.0f} of the {digits:.0f} digits"
                     if unusual
-                    else f"κ₂ = {x.cond:.1e} is within what random {m}×{n} matrices show "
-                    f"(1 in 100 exceed {typical:.1e}): harmless unless you solve with it or "
-                    "invert it"
+                    else f"κ₂ = {x.cond:.1e} is below the ill-conditioned threshold "
+                    f"{max_cond:.1e} (ordinary for a random {m}×{n} matrix, or more than half "
+                    f"of the {digits:.0f} digits left): harmless for using the weight unless "
+                    "you solve with it or invert it"
                 )
             else:
                 consequence = (
@@ -368,15 +380,8 @@ def _findings(
                     + consequence,
                 )
             )
-        elif deficient is _Verdict.UNRESOLVED and (not health or cond_high >= typical):
+        elif deficient is _Verdict.UNRESOLVED and (not health or cond_high >= max_cond):
             open_checks.append("whether the rank is deficient")
-    max_cond = judgement.max_cond
-    if max_cond is None:
-        max_cond = (
-            tolerances.health_max_cond(working, m, n)
-            if health
-            else tolerances.default_max_cond(working)
-        )
     rank_covers = deficient is _Verdict.YES and judgement.runs(Flag.RANK_DEFICIENT)
     if judgement.runs(Flag.ILL_CONDITIONED) and math.isfinite(max_cond) and not rank_covers:
         if cond_low >= max_cond:

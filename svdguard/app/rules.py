@@ -74,7 +74,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         Flag.RANK_DEFICIENT,
         "numerical rank < min(m, n) at the working precision",
-        "health: warning when κ₂ ≥ κ_0.99(m, n), else info; svd-grad: warning",
+        "health: warning when κ₂ also reaches the ill-conditioned threshold, else info; "
+        "svd-grad: warning",
         "A singular value at or below max(m, n)·ε_w·σ_max (numpy's matrix_rank tolerance in "
         "the working dtype) cannot be told from zero. Using the weight is fine unless you "
         "solve with it or invert it; through an SVD, the singular vectors of those values "
