@@ -45,8 +45,8 @@ _NOT_WEIGHTS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"training_args\.bin"), "pickled training arguments (no weights)"),
     (
         re.compile(r"optimizer.*\.(pt|bin|pth)"),
-        "optimizer state (Adam moments, momentum), not weights; name the file to analyse it, "
-        "with include_optimizer",
+        "optimizer state (Adam moments, momentum buffers), not weights; name the file to "
+        "inspect it",
     ),
     (re.compile(r"(lr_)?scheduler.*\.(pt|bin|pth)"), "learning-rate scheduler state"),
     (re.compile(r"scaler.*\.(pt|bin|pth)"), "mixed-precision loss-scaler state"),

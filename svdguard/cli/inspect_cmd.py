@@ -211,6 +211,20 @@ def _bad_message(where: str, message: str) -> Exception:
     return InputError(f"{where} {message}")
 
 
+def _choice(kind: type[Enum], given: Any, config: Any, key: str, default: Any) -> Any:
+    """The option given, else the project file's value (checked against the choices)."""
+    if given is not None:
+        return given
+    value = config.get(key)
+    if value is None:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise _bad_message(config.where(key), f"must be one of {choices}, got {value!r}") from None
+
+
 def why_empty(items: list[InspectionItem], include: list[str]) -> str:
     """Why no matrix was analysed, in flags: what was skipped, and a hint for a glob without *."""
     from svdguard.app.report import SkippedTensor
@@ -357,7 +371,7 @@ def run(
     ] = None,
     max_elements: Annotated[
         int,
-        typer.Option("--max-elements", help="Skip tensors with more elements than this."),
+        typer.Option("--max-elements", min=1, help="Skip tensors with more elements than this."),
     ] = DEFAULT_MAX_ELEMENTS,
     top: Annotated[
         int | None,
@@ -440,13 +454,9 @@ def run(
             return list(config.get(key))
         return None
 
-    chosen_profile = pick(profile.value if profile else None, "profile", "health")
-    if chosen_profile not in ("health", "svd-grad"):
-        raise _bad_message(
-            config.where("profile"), f"must be health or svd-grad, got {chosen_profile!r}"
-        )
-    chosen_fail_on = FailOn(pick(fail_on.value if fail_on else None, "fail-on", "error"))
-    chosen_precision = pick(precision.value if precision else None, "precision", "float64")
+    chosen_profile = _choice(ProfileName, profile, config, "profile", ProfileName.health).value
+    chosen_fail_on = _choice(FailOn, fail_on, config, "fail-on", FailOn.error)
+    chosen_precision = _choice(Precision, precision, config, "precision", Precision.float64).value
     select_rules = rules(select, "--select", "select")
     extend_rules = rules(extend_select, "--extend-select", "extend-select") or []
     ignore_rules = rules(ignore, "--ignore", "ignore") or []
