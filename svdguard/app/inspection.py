@@ -1,12 +1,16 @@
 """``svdguard.inspect``: stream the tensors of files and checkpoints through the diagnostics.
 
 One tensor is in memory at a time (on CUDA: one batch of same-shape matrices,
-bounded by :data:`CUDA_BATCH_BYTES`). Every tensor gives exactly one row:
+bounded by :data:`CUDA_BATCH_BYTES`). The files come from
+:func:`svdguard.app.discovery.discover` (directories searched recursively, files
+without weights skipped with their reason), and every tensor gives one row:
 
 * :class:`~svdguard.app.report.MatrixReport` for a floating 2-D tensor, or a ≥3-D
-  one analysed as ``shape[0] × ∏ shape[1:]``;
+  one analysed as ``shape[0] × ∏ shape[1:]`` (one row per matrix of a stack
+  matched by ``batch``), judged for the run's profile and rules;
 * :class:`~svdguard.app.report.SkippedTensor` for what is not a matrix (scalars,
-  1-D, integer, bool, empty, excluded by name, above ``max_elements``);
+  1-D, integer, bool, empty, excluded by name, optimizer state, above
+  ``max_elements``), and for each file of a directory that was not read;
 * :class:`~svdguard.app.report.FailedReport` when a payload cannot be read or the
   SVD fails after its retry; a file whose header cannot be read gives one
   file-level failed row. Neither stops the run.

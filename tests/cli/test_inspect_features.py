@@ -151,6 +151,14 @@ def test_pyproject_settings_and_per_tensor_ignores(tmp_path: Path, monkeypatch: 
     (tmp_path / "pyproject.toml").write_text("[tool.svdguard]\nmax-cnd = 3\n", encoding="utf-8")
     bad = CliRunner().invoke(app, ["inspect", str(path)])
     assert bad.exit_code == 2 and "max-cnd: unknown key" in bad.stderr
+    (tmp_path / "pyproject.toml").write_text('[tool.svdguard]\nfail-on = "often"\n', "utf-8")
+    bad = CliRunner().invoke(app, ["inspect", str(path)])
+    assert bad.exit_code == 2 and "[tool.svdguard] fail-on must be one of" in bad.stderr
+    (tmp_path / "pyproject.toml").write_text('[tool.svdguard]\nignore = ["SG9"]\n', "utf-8")
+    bad = CliRunner().invoke(app, ["inspect", str(path)])
+    assert bad.exit_code == 2 and "[tool.svdguard] ignore: unknown rule 'SG9'" in bad.stderr
+    isolated = CliRunner().invoke(app, ["inspect", str(path), "--isolated"])
+    assert isolated.exit_code == 0
 
 
 def test_empty_runs_fail_with_the_reason(tmp_path: Path) -> None:
