@@ -10,7 +10,9 @@ directories such as ``.git`` are not entered). In each directory:
   with the reason, so that a trainer's output directory is inspected as it is;
 * a ``.bin``/``.pt``/``.pth`` copy of weights the directory also holds as
   ``.safetensors`` (``pytorch_model.bin`` beside ``model.safetensors``, ``X.bin``
-  beside ``X.safetensors``) is skipped as a duplicate, with the file it duplicates;
+  beside ``X.safetensors``), or a half-precision variant (``X.fp16.safetensors``
+  beside ``X.safetensors``, as diffusers saves them), is skipped as a duplicate,
+  with the file it duplicates;
 * everything else of a readable type is read (``.ckpt`` Lightning checkpoints too).
 
 A file named explicitly is always read. Files that share a base name are shown
@@ -102,8 +104,22 @@ def _index_shards(index: Path) -> set[str]:
         return set()
 
 
+#: Precision variants diffusers saves beside the full-precision file (``X.fp16.safetensors``).
+_PRECISION_VARIANTS = (".fp16", ".bf16")
+
+
 def _duplicate_of(path: Path, safetensors: set[str]) -> str | None:
-    """The .safetensors file of the same directory that holds the same weights as ``path``."""
+    """The file of the same directory that holds the same weights as ``path``, if any.
+
+    ``X.bin``/``X.pt`` beside ``X.safetensors``; ``pytorch_model*.bin`` beside
+    ``model*.safetensors``; ``X.fp16.safetensors`` beside ``X.safetensors``.
+    """
+    stem = path.name.removesuffix(path.suffix)
+    for variant in _PRECISION_VARIANTS:
+        if stem.endswith(variant):
+            full = stem.removesuffix(variant) + ".safetensors"
+            if full in safetensors and full != path.name:
+                return full
     if path.suffix not in (".bin", ".pt", ".pth") or not safetensors:
         return None
     twin = path.with_suffix(".safetensors").name
@@ -142,7 +158,7 @@ def _from_directory(directory: Path, files: list[Path], skipped: list[SkippedFil
                         path,
                         SkipReason.DUPLICATE,
                         f"the same weights as {twin} in the same folder (read that one); "
-                        "name this file to read it instead",
+                        "name this file to read it as well",
                     )
                 )
                 continue

@@ -236,3 +236,17 @@ def test_inputs_sharing_a_name_are_told_apart(tmp_path: Path) -> None:
     )
     assert "a/model.safetensors[w]" in result.stdout and "b/model.safetensors[w]" in result.stdout
     assert "svdguard inspect a/model.safetensors b/model.safetensors" in result.stdout
+
+
+def test_diffusers_layout_reads_each_module_once(tmp_path: Path) -> None:
+    for module in ("unet", "vae"):
+        (tmp_path / module).mkdir()
+        save_file({"w": ill()}, str(tmp_path / module / "diffusion_pytorch_model.safetensors"))
+        half = {"w": ill().to(torch.float16)}
+        save_file(half, str(tmp_path / module / "diffusion_pytorch_model.fp16.safetensors"))
+    document = json.loads(run(str(tmp_path), "-f", "json").stdout)
+    assert sorted(r["name"] for r in document["rows"]) == [
+        "unet/diffusion_pytorch_model.safetensors[w]",
+        "vae/diffusion_pytorch_model.safetensors[w]",
+    ]
+    assert [s["reason"] for s in document["skipped"]] == ["duplicate", "duplicate"]
