@@ -85,6 +85,22 @@ class Discovered:
             return path.as_posix()
 
 
+def _broken_link(path: Path) -> bool:
+    """A symbolic link that leads nowhere (dangling, or a loop)."""
+    try:
+        return path.is_symlink() and not path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _identity(path: Path) -> str:
+    """The file a path reaches, for dropping duplicates (a looping link is its own identity)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):  # RuntimeError: "Symlink loop" (Python < 3.13)
+        return os.path.abspath(path)
+
+
 def _not_weights(name: str) -> str | None:
     for pattern, what in _NOT_WEIGHTS:
         if pattern.fullmatch(name):
@@ -138,7 +154,8 @@ def _from_directory(directory: Path, files: list[Path], skipped: list[SkippedFil
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         here = Path(folder)
         entries = sorted(n for n in names if n.endswith(WEIGHT_SUFFIXES + (_INDEX_SUFFIX,)))
-        entries = [n for n in entries if (here / n).is_file()]
+        # A dangling or looping link is kept: its reader reports it as an unreadable file.
+        entries = [n for n in entries if (here / n).is_file() or _broken_link(here / n)]
         candidates += len(entries)
         indexes = [n for n in entries if n.endswith(_INDEX_SUFFIX)]
         sharded = set().union(*(_index_shards(here / n) for n in indexes)) if indexes else set()
@@ -191,6 +208,9 @@ def _expand(raw: str | os.PathLike[str], files: list[Path], skipped: list[Skippe
             if matched.is_dir():
                 _expand(matched, files, skipped)
                 continue
+            if _broken_link(matched):
+                files.append(matched)  # its reader reports it
+                continue
             what = _not_weights(matched.name)
             if what is not None:
                 skipped.append(SkippedFile(matched, SkipReason.NOT_WEIGHTS, what))
@@ -213,9 +233,9 @@ def discover(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -
     for item in raw:
         _expand(item, found, skipped)
     files: list[Path] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for file in found:
-        identity = file.resolve()
+        identity = _identity(file)
         if identity not in seen:
             seen.add(identity)
             files.append(file)

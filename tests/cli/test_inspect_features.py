@@ -250,3 +250,11 @@ def test_diffusers_layout_reads_each_module_once(tmp_path: Path) -> None:
         "vae/diffusion_pytorch_model.safetensors[w]",
     ]
     assert [s["reason"] for s in document["skipped"]] == ["duplicate", "duplicate"]
+
+
+def test_a_dangling_link_in_a_directory_is_reported(tmp_path: Path) -> None:
+    save_file({"w": ill()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "gone.safetensors").symlink_to(tmp_path / "deleted.safetensors")
+    result = run(str(tmp_path))
+    assert result.exit_code == 2 and "gone.safetensors" in result.stdout + result.stderr
+    assert "SG201 ill-conditioned" in result.stdout  # the other file is still analysed
