@@ -2,6 +2,7 @@
 
     python benchmarks/bench_inspect.py                 # the full model (~0.4 GB, about a minute a pass)
     python benchmarks/bench_inspect.py --layers 1 --vocab 3000   # a quick version
+    python benchmarks/bench_inspect.py --checkpoint model.safetensors   # a file you have
 
 The checkpoint (written to a temporary directory) has BERT-base's matrix shapes:
 a 30522×768 token embedding and, per layer, four 768×768 attention matrices, a
@@ -92,9 +93,10 @@ def measure(variant: str, path: Path, threads: int) -> dict[str, float]:
     baseline = current_rss()  # after the imports: what the run itself adds is peak − this
     if variant == "svdguard":
         start = time.perf_counter()
-        result = runner.invoke(app, ["inspect", str(path), "--format", "json", "--device", "cpu"])
+        args = ["inspect", str(path), "--format", "json", "--device", "cpu", "--isolated"]
+        result = runner.invoke(app, [*args, "--threads", str(threads)])
         seconds = time.perf_counter() - start
-        if result.exit_code not in (0, 1):
+        if result.exit_code not in (0, 1):  # 2 would be an unreadable file or an empty run
             raise RuntimeError(f"svdguard inspect exited {result.exit_code}: {result.output}")
         count = len(json.loads(result.stdout)["rows"])
     else:
@@ -103,6 +105,8 @@ def measure(variant: str, path: Path, threads: int) -> dict[str, float]:
         with safe_open(str(path), framework="pt") as handle:
             for key in handle.keys():
                 tensor = handle.get_tensor(key)
+                if tensor.ndim != 2 or not tensor.is_floating_point():
+                    continue  # biases, norms and ids: svdguard skips them too
                 if variant == "torch":
                     torch.linalg.svdvals(tensor.to(torch.float64))
                 elif variant == "torch-tall":  # the orientation trick svdguard uses
@@ -135,6 +139,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="alternated runs; fastest kept")
     parser.add_argument("--threads", type=int, default=1, help="BLAS/torch threads, every variant")
     parser.add_argument("--numpy", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--checkpoint", help="time this .safetensors file instead of a generated one"
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -143,19 +150,25 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "bert-base.safetensors"
-        subprocess.run(
-            [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r});"
-             f"import bench_inspect as b; from pathlib import Path;"
-             f"b.generate(Path({str(path)!r}), {args.layers}, {args.vocab})"],
-            check=True,
-        )  # fmt: skip
-        matrices = shapes(args.layers, args.vocab)
-        largest = max(m * n for m, n in matrices.values())
-        print(
-            f"checkpoint: {len(matrices)} matrices, {path.stat().st_size / 2**20:.0f} MiB float32; "
-            f"largest {largest * 8 / 2**20:.0f} MiB in float64; torch threads {args.threads}"
-        )
+        if args.checkpoint:
+            path = Path(args.checkpoint)
+            size = path.stat().st_size / 2**20
+            print(f"checkpoint: {path} ({size:.0f} MiB); torch threads {args.threads}")
+        else:
+            path = Path(directory) / "bert-base.safetensors"
+            subprocess.run(
+                [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r});"
+                 f"import bench_inspect as b; from pathlib import Path;"
+                 f"b.generate(Path({str(path)!r}), {args.layers}, {args.vocab})"],
+                check=True,
+            )  # fmt: skip
+            matrices = shapes(args.layers, args.vocab)
+            largest = max(m * n for m, n in matrices.values())
+            print(
+                f"checkpoint: {len(matrices)} matrices, {path.stat().st_size / 2**20:.0f} MiB "
+                f"float32; largest {largest * 8 / 2**20:.0f} MiB in float64; torch threads "
+                f"{args.threads}"
+            )
         variants = ["torch", "torch-tall", "svdguard"] + (["numpy"] if args.numpy else [])
         best: dict[str, dict[str, float]] = {}
         for _ in range(args.repeat):

@@ -2,30 +2,35 @@
 
     python sample_data/make_samples.py [OUTPUT_DIR]
 
-checkpoint.safetensors holds one tensor per case ``svdguard inspect`` knows,
+checkpoint.safetensors holds one tensor per rule ``svdguard inspect`` knows,
 each built as U diag(s) Vᵀ from Haar-random orthogonal U, V and a chosen
 spectrum s (float64), then stored in the dtype named below:
 
-======================================  ===========  =========  =======================
-key                                     shape        dtype      expected
-======================================  ===========  =========  =======================
+======================================  ===========  =========  ==================================
+key                                     shape        dtype      expected (health / svd-grad)
+======================================  ===========  =========  ==================================
 encoder.layer0.attention.weight         32×32        float32    clean (κ = 2)
 encoder.layer0.attention.bias           32           float32    skipped: 1-d
 encoder.layer0.ffn.weight               48×24        float32    clean (κ = 3)
-encoder.layer1.ill_conditioned.weight   32×32        float32    ill-conditioned (κ = 1e4)
-encoder.layer1.rank_deficient.weight    40×32        float32    rank-deficient (rank 31)
-encoder.layer2.orthogonal.weight        16×16        float32    degenerate, error (all s = 1)
-encoder.layer2.near_tie.weight          24×24        float32    degenerate, warning (gap 1e-4·σ_max)
-embeddings.word.weight                  64×32        bfloat16   noise-floor, info
+encoder.layer1.ill_conditioned.weight   32×32        float32    SG201 ill-conditioned, warning
+                                                                (κ = 1e4 ≥ κ_0.99(32, 32) ≈ 6.3e3)
+encoder.layer1.rank_deficient.weight    40×32        float32    SG202 rank-deficient, warning
+                                                                (rank 31)
+encoder.layer2.orthogonal.weight        16×16        float32    SG301 tied (all s = 1):
+                                                                info / error
+encoder.layer2.near_tie.weight          24×24        float32    clean / SG302 near-degenerate,
+                                                                warning (gap 1e-4·σ_max)
+embeddings.word.weight                  64×32        bfloat16   SG401 noise-floor, info
 conv1.weight                            8×3×3×3      float32    clean, analysed as 8×27
-head.diverged.weight                    8×8          float32    nonfinite (one NaN), error
-head.unused.weight                      8×8          float32    zero, warning
+head.diverged.weight                    8×8          float32    SG101 nonfinite (one NaN), error
+head.unused.weight                      8×8          float32    SG102 zero, warning
 head.fp16.weight                        16×16        float16    clean
 pooler.dense.weight                     16×16        float64    clean
-classifier.weight                       16×16        float64    ill-conditioned (κ = 1e10);
-                                                                unresolved with --precision float32
+classifier.weight                       16×16        float64    SG201 ill-conditioned (κ = 1e10);
+                                                                SG402 unresolved (info) with
+                                                                --precision float32
 position_ids                            1×16         int64      skipped: integer
-======================================  ===========  =========  =======================
+======================================  ===========  =========  ==================================
 
 sharded/ holds the same kind of model split in two shards with a
 ``model.safetensors.index.json``; identity.npy is eye(4) and tied.npy is

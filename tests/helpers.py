@@ -156,3 +156,25 @@ def norm_agreement_tolerance(count: int) -> float:
     libraries may sum in different orders.
     """
     return count * machine_eps(torch.float64)
+
+
+#: Largest relative error of tolerances.typical_cond's model against the exact quantile of κ₂
+#: for Gaussian matrices (measured at 32×32 … 64×32: at most 7 %; 10 % leaves room for small
+#: shapes, where the model is least accurate).
+TYPICAL_COND_MODEL_ERROR = 0.10
+
+
+def quantile_tolerance(quantile: float, samples: int) -> float:
+    """Relative tolerance of an empirical tail quantile of κ₂ from ``samples`` draws.
+
+    About N·(1 − q) draws lie beyond the q-quantile, a count with relative standard
+    error 1/√(N(1 − q)); κ₂ has a tail P(κ₂ > x) ∝ 1/x^(m−n+1), so a relative error of
+    the count moves the quantile by at most the same relative amount. Three standard
+    errors plus the model's own error.
+    """
+    return TYPICAL_COND_MODEL_ERROR + 3.0 / (samples * (1.0 - quantile)) ** 0.5
+
+
+#: Fraction of healthy random matrices the health profile may warn on: 1 % by construction
+#: of the κ_0.99 threshold, and a check that cannot fail is no check, so allow 3× that.
+HEALTH_FALSE_ALARM_RATE = 0.03

@@ -13,24 +13,29 @@ bf16/fp16/fp8), ε_p the ε of the dtype the singular values are computed in
   (``svdguard.linalg.spectrum.singular_gaps``); ``vector_error_bound`` is
   ε_w·σ_max/min_i gap_i, LAPACK's bound on the angle error of a computed
   singular vector.
-* tied pairs: i < j with |s_i − s_j| ≤ τ_tie, near-degenerate pairs:
-  |s_i − s_j| ≤ τ_near (tolerances.inspect_tie_tolerance / _near_degenerate_).
+* tied pairs: |s_i − s_j| ≤ τ_tie (``tolerances.reference_tie_tolerance``),
+  near-degenerate pairs: |s_i − s_j| ≤ gap_rtol·σ_max (√ε_w by default).
+* stable rank Σ s_i²/s_1², effective rank exp(−Σ p_i log p_i) with p_i = s_i/Σ s_j.
 
 The spectrum itself comes from :mod:`svdguard.linalg.spectrum_analysis`; this
-module judges it. Each :class:`~svdguard.app.report.Finding` carries a stable
-code (its flag), the numbers, the consequence, and the library parameter whose
+module judges it for a profile (``health`` or ``svd-grad``) with the rules of
+:mod:`svdguard.app.rules`. Each :class:`~svdguard.app.report.Finding` carries a
+stable code, the numbers, the consequence, and the library parameter whose
 threshold raised it; remedies that name command-line flags are the CLI's.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
 from svdguard import tolerances
-from svdguard.app.report import Finding, Flag, MatrixReport, Severity
+from svdguard.app.report import Finding, Flag, MatrixReport, Profile, Severity
+from svdguard.app.rules import PROFILE_RULES, RuleSelection
 from svdguard.errors import InputError
 from svdguard.linalg.matrix_input import check_matrix
 from svdguard.linalg.spectrum import singular_gaps
@@ -43,7 +48,14 @@ from svdguard.linalg.spectrum_analysis import (
     singular_values,
 )
 
-__all__ = ["Subject", "diagnose", "nonfinite_report", "report_from_spectrum"]
+__all__ = [
+    "Judgement",
+    "Subject",
+    "check_thresholds",
+    "diagnose",
+    "nonfinite_report",
+    "report_from_spectrum",
+]
 
 
 @dataclass(frozen=True)
@@ -62,15 +74,19 @@ class Subject:
         return (self.shape[0], rest) if len(self.shape) >= 2 else (0, 0)
 
 
-def nonfinite_report(subject: Subject, count: int, device: str) -> MatrixReport:
-    """The report of a matrix holding NaN/Inf: no spectrum, one error finding."""
+def nonfinite_report(
+    subject: Subject, count: int, device: str, judgement: Judgement | None = None
+) -> MatrixReport:
+    """The report of a matrix holding NaN/Inf: no spectrum, one error finding (unless ignored)."""
     numel = math.prod(subject.shape)
     finding = Finding(
         Flag.NONFINITE,
         Severity.ERROR,
-        f"{count} of {numel} entries are NaN or Inf: no singular values exist; "
-        "find the step that produced them (divergence, overflow, uninitialised memory)",
+        f"{count} of {numel} entries are NaN or Inf: no singular values exist and anything "
+        "computed from this weight is NaN; find the step that produced them (divergence, "
+        "overflow, uninitialised memory)",
     )
+    runs = judgement is None or judgement.runs(Flag.NONFINITE)
     return MatrixReport(
         name=subject.name,
         path=subject.path,
@@ -81,7 +97,7 @@ def nonfinite_report(subject: Subject, count: int, device: str) -> MatrixReport:
         compute_dtype=dtype_name(subject.dtype),
         device=device,
         nonfinite=count,
-        findings=(finding,),
+        findings=(finding,) if runs else (),
     )
 
 
@@ -105,6 +121,35 @@ class _Numbers:
     vector_error_bound: float | None
     noise_floor: float | None
     below_noise_floor: int | None
+    margin: float  #: how far the computed s_i may lie from float64's (analysis_margin)
+    reference_rank_tol: float  #: max(m, n)·ε_w·σ_max, whatever the precision
+    stable_rank: float | None
+    effective_rank: float | None
+    sketch: tuple[float, ...] | None
+
+
+#: Points of the log-spectrum kept for the sparkline of a row.
+SKETCH_POINTS = 12
+
+
+def _ranks_and_sketch(
+    s: torch.Tensor,
+) -> tuple[float | None, float | None, tuple[float, ...] | None]:
+    """Stable rank Σs²/s_1², effective rank exp(entropy of s/Σs), and the log-spectrum sketch.
+
+    O(k) on the spectrum already computed: no further decomposition.
+    """
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return None, None, None
+    stable = float((s / s[0]).square().sum())
+    p = s / s.sum()
+    nonzero = p[p > 0]
+    effective = math.exp(float(-(nonzero * nonzero.log()).sum()))
+    k = s.numel()
+    picks = sorted({round(i * (k - 1) / (SKETCH_POINTS - 1)) for i in range(SKETCH_POINTS)})
+    tiny = torch.finfo(torch.float64).tiny
+    sketch = tuple(float(torch.log10((s[i] / s[0]).clamp_min(tiny))) for i in picks)
+    return stable, effective, sketch
 
 
 def _spectrum_numbers(
@@ -127,12 +172,13 @@ def _spectrum_numbers(
     cond_lower_bound = sigma_max / (sigma_min + computed_rounding) if sigma_max > 0 else math.inf
     rank_tol = tolerances.inspect_rank_tolerance(sigma_max, working, computed_in, m, n)
     rank = int((s > rank_tol).sum())
-    tie_tol = tolerances.inspect_tie_tolerance(sigma_max, working, computed_in, m, n)
+    # Thresholds are those of the float64 analysis; a coarser precision only widens the margin.
+    tie_tol = tolerances.reference_tie_tolerance(sigma_max, working, m, n)
     if gap_rtol is None:
         near_tol = tolerances.inspect_near_degenerate_tolerance(sigma_max, working)
     else:
         near_tol = gap_rtol * sigma_max
-    near_tol = max(near_tol, tie_tol)  # every tied pair is also near-degenerate
+    near_tol = max(near_tol, tie_tol) if gap_rtol != 0 else 0.0
     gaps = singular_gaps(s, m, n)
     min_gap = float(gaps.min())
     # gap/σ_max is 0/0 for the zero matrix: undefined, reported as None.
@@ -146,6 +192,7 @@ def _spectrum_numbers(
     if storage.is_floating_point and torch.finfo(storage).bits < 32:
         noise_floor = tolerances.noise_floor(storage, sigma_max)
         below = int((s <= noise_floor).sum())
+    stable, effective, sketch = _ranks_and_sketch(s)
     return _Numbers(
         sigma_max=sigma_max,
         sigma_min=sigma_min,
@@ -159,11 +206,47 @@ def _spectrum_numbers(
         tie_tol=tie_tol,
         near_tol=near_tol,
         tied_pairs=count_close_pairs(s, tie_tol),
-        near_pairs=count_close_pairs(s, near_tol),
+        near_pairs=count_close_pairs(s, near_tol) if near_tol > 0 else 0,
         vector_error_bound=bound,
         noise_floor=noise_floor,
         below_noise_floor=below,
+        margin=tolerances.analysis_margin(sigma_max, computed_in, m, n),
+        reference_rank_tol=tolerances.rounding_level(sigma_max, working, m, n),
+        stable_rank=stable,
+        effective_rank=effective,
+        sketch=sketch,
     )
+
+
+class _Verdict(Enum):
+    """A check on a computed spectrum: holds for every spectrum within the margin, for some, none."""
+
+    YES = "yes"
+    UNRESOLVED = "unresolved"
+    NO = "no"
+
+
+def _at_most(value: float, threshold: float, margin: float) -> _Verdict:
+    """``value ≤ threshold`` when ``value`` is known only to ± ``margin``."""
+    if value + margin <= threshold:
+        return _Verdict.YES
+    return _Verdict.UNRESOLVED if value - margin <= threshold else _Verdict.NO
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """How a run judges a spectrum: the profile, the rules that run, the thresholds given."""
+
+    profile: Profile = Profile.HEALTH
+    rules: frozenset[str] = PROFILE_RULES[Profile.HEALTH]
+    max_cond: float | None = None  #: None: derived per tensor; inf: ill-conditioned is off
+    gap_rtol: float | None = None  #: None: √ε_w; 0: near-degenerate is off
+
+    def runs(self, flag: Flag) -> bool:
+        return flag.code in self.rules
+
+
+_AMPLIFICATION = "the SVD backward divides by their difference"
 
 
 def _findings(
@@ -172,61 +255,160 @@ def _findings(
     n: int,
     storage: torch.dtype,
     computed_in: torch.dtype,
-    max_cond: float,
+    judgement: Judgement,
 ) -> tuple[Finding, ...]:
-    """Judge the numbers: the flags, each with a sentence naming the numbers and the consequence.
+    """Judge the numbers: each finding with a sentence naming the numbers and the consequence.
 
-    ``parameter`` names the argument of :func:`diagnose` whose threshold raised a
-    finding (``max_cond``, ``gap_rtol``, ``precision``), so that a front end can
-    say how to change it.
+    Each check is a threshold on the float64 spectrum; with a coarser precision the
+    computed values carry ± margin (``tolerances.analysis_margin``) and a check that
+    the margin leaves open becomes one ``unresolved`` (info) finding instead, when
+    it could have been a warning or an error (an open info verdict is dropped).
+    ``parameter`` names the argument whose threshold raised a finding.
     """
+    health = judgement.profile is Profile.HEALTH
+    question = "health" if health else "svd-grad"
     if x.sigma_max == 0.0:
-        return (Finding(Flag.ZERO, Severity.WARNING, "every entry is zero: rank 0, κ₂ = ∞"),)
+        if not judgement.runs(Flag.ZERO):
+            return ()
+        consequence = (
+            "the layer passes nothing on (never trained, pruned, or zeroed by mistake)"
+            if health
+            else "every singular vector is arbitrary (gauge freedom): a loss through U or V "
+            "has no gradient"
+        )
+        return (
+            Finding(
+                Flag.ZERO, Severity.WARNING, "every entry is zero: rank 0, κ₂ = ∞; " + consequence
+            ),
+        )
     found: list[Finding] = []
+    open_checks: list[str] = []
+    working = tolerances.compute_dtype(storage)
+    eps_w = tolerances.machine_eps(working)
     k = min(m, n)
-    if x.tied_pairs:
-        found.append(
-            Finding(
-                Flag.DEGENERATE,
-                Severity.ERROR,
-                f"{x.tied_pairs} pair(s) of singular values tied at rounding level "
-                f"(|s_i − s_j| ≤ {x.tie_tol:.2e}): their singular vectors are not determined "
-                "and gradients through U or V are infinite or undefined",
+    margin = x.margin
+    typical = tolerances.typical_cond(m, n)
+    cond_low = x.sigma_max / (x.sigma_min + margin)
+    cond_high = x.sigma_max / (x.sigma_min - margin) if x.sigma_min > margin else math.inf
+    gap = x.min_pair_gap
+
+    # --- ties and near ties: the singular vectors -------------------------------------------
+    tie = _Verdict.NO if gap is None else _at_most(gap, x.tie_tol, 2 * margin)
+    if judgement.runs(Flag.TIED):
+        if tie is _Verdict.YES:
+            pairs = x.tied_pairs
+            if health:
+                found.append(
+                    Finding(
+                        Flag.TIED,
+                        Severity.INFO,
+                        f"{pairs} pair(s) of singular values tied (|s_i − s_j| ≤ "
+                        f"{x.tie_tol:.2e}), as in orthogonal or identity initialisations: "
+                        "harmless for using this weight; it matters only if you differentiate "
+                        "through the SVD of this weight (the svd-grad profile answers that question)",
+                    )
+                )
+            else:
+                found.append(
+                    Finding(
+                        Flag.TIED,
+                        Severity.ERROR,
+                        f"{pairs} pair(s) of singular values tied (|s_i − s_j| ≤ "
+                        f"{x.tie_tol:.2e}): their singular vectors are not determined and "
+                        f"{_AMPLIFICATION} (0): torch.linalg.svd's gradient through U or V "
+                        "is NaN or ±Inf",
+                    )
+                )
+        elif tie is _Verdict.UNRESOLVED and not health:  # in health a tie is only info
+            open_checks.append("whether singular values are tied")
+    if judgement.runs(Flag.NEAR_DEGENERATE) and tie is not _Verdict.YES and gap is not None:
+        near = _Verdict.NO if x.near_tol <= 0 else _at_most(gap, x.near_tol, 2 * margin)
+        if near is _Verdict.YES:
+            amplification = x.sigma_max / gap if gap > 0 else math.inf
+            found.append(
+                Finding(
+                    Flag.NEAR_DEGENERATE,
+                    Severity.WARNING,
+                    f"{x.near_pairs} near-degenerate pair(s) (|s_i − s_j| ≤ {x.near_tol:.2e}, "
+                    f"smallest {gap / x.sigma_max:.2e}·σ_max): {_AMPLIFICATION}, so gradients "
+                    f"through U or V are amplified up to σ_max/gap = {amplification:.1e}×",
+                    parameter="gap_rtol",
+                )
             )
+        elif near is _Verdict.UNRESOLVED:
+            open_checks.append("whether a pair is near-degenerate")
+
+    # --- rank and conditioning: solving, inverting, 1/s terms ---------------------------------
+    max_cond = judgement.max_cond
+    if max_cond is None:
+        max_cond = (
+            tolerances.health_max_cond(working, m, n)
+            if health
+            else tolerances.default_max_cond(working)
         )
-    elif x.near_pairs:
-        gap = x.min_pair_gap if x.min_pair_gap is not None else 0.0
-        found.append(
-            Finding(
-                Flag.DEGENERATE,
-                Severity.WARNING,
-                f"{x.near_pairs} near-degenerate pair(s) (|s_i − s_j| ≤ "
-                f"{x.near_tol:.2e}, smallest {gap / x.sigma_max:.2e}·σ_max): gradients through "
-                f"U or V are amplified up to {x.sigma_max / gap:.1e}×",
-                parameter="gap_rtol",
+    digits = -math.log10(eps_w)
+    deficient = _at_most(x.sigma_min, x.reference_rank_tol, margin)
+    if judgement.runs(Flag.RANK_DEFICIENT):
+        if deficient is _Verdict.YES:
+            # health: as serious as SG201 would be (κ₂ unusual for the shape and beyond half
+            # the working digits), else context; svd-grad: the null space is the problem.
+            unusual = cond_low >= max_cond
+            severity = Severity.WARNING if unusual or not health else Severity.INFO
+            if health:
+                consequence = (
+                    f"κ₂ ≥ {cond_low:.1e} is beyond what 1 in 100 random {m}×{n} matrices "
+                    f"reach ({typical:.1e}): solving with it or inverting it loses about "
+                    f"{min(math.log10(cond_low), digits):.0f} of the {digits:.0f} digits"
+                    if unusual
+                    else f"κ₂ = {x.cond:.1e} is below the ill-conditioned threshold "
+                    f"{max_cond:.1e} (ordinary for a random {m}×{n} matrix, or more than half "
+                    f"of the {digits:.0f} digits left): harmless for using the weight unless "
+                    "you solve with it or invert it"
+                )
+            else:
+                consequence = (
+                    "the singular vectors of those values span a null space in which any "
+                    "basis is as good (gauge freedom): a loss that depends on them has no "
+                    "gradient, and the 1/s terms of the SVD backward are rounding"
+                )
+            found.append(
+                Finding(
+                    Flag.RANK_DEFICIENT,
+                    severity,
+                    f"numerical rank {x.rank} < {k} (singular values ≤ max(m, n)·ε_w·σ_max = "
+                    f"{x.reference_rank_tol:.2e} are zero at {dtype_name(working)} precision); "
+                    + consequence,
+                )
             )
-        )
-    if x.rank < k:
-        found.append(
-            Finding(
-                Flag.RANK_DEFICIENT,
-                Severity.WARNING,
-                f"numerical rank {x.rank} < {k} (tolerance max(m, n)·ε·σ_max = {x.rank_tol:.2e}); "
-                "κ₂ and the 1/s terms of the SVD backward are dominated by rounding",
+        elif deficient is _Verdict.UNRESOLVED and (not health or cond_high >= max_cond):
+            open_checks.append("whether the rank is deficient")
+    rank_covers = deficient is _Verdict.YES and judgement.runs(Flag.RANK_DEFICIENT)
+    if judgement.runs(Flag.ILL_CONDITIONED) and math.isfinite(max_cond) and not rank_covers:
+        if cond_low >= max_cond:
+            shape_note = (
+                f", beyond what 1 in 100 random {m}×{n} matrices reach ({typical:.1e})"
+                if cond_low >= typical
+                else ""
             )
-        )
-    elif x.cond >= max_cond:
-        found.append(
-            Finding(
-                Flag.ILL_CONDITIONED,
-                Severity.WARNING,
-                f"κ₂ = {x.cond:.2e} ≥ {max_cond:.2e}: about log10(κ₂) = "
-                f"{math.log10(x.cond):.1f} digits are lost solving with it or dividing by σ_min",
-                parameter="max_cond",
+            found.append(
+                Finding(
+                    Flag.ILL_CONDITIONED,
+                    Severity.WARNING,
+                    f"κ₂ = {x.cond:.2e} ≥ {max_cond:.2e}{shape_note}: about "
+                    f"{math.log10(x.cond):.1f} of the {-math.log10(eps_w):.0f} "
+                    f"{dtype_name(working)} digits are lost solving with it, inverting it or "
+                    "dividing by σ_min",
+                    parameter="max_cond",
+                )
             )
-        )
-    if x.noise_floor is not None and (
-        x.below_noise_floor or (x.min_pair_gap is not None and x.min_pair_gap <= x.noise_floor)
+        elif cond_high >= max_cond:
+            open_checks.append(f"whether κ₂ ≥ {max_cond:.1e} (κ₂ ≥ {cond_low:.1e} is certain)")
+
+    # --- context ------------------------------------------------------------------------------
+    if (
+        judgement.runs(Flag.NOISE_FLOOR)
+        and x.noise_floor is not None
+        and (x.below_noise_floor or (gap is not None and gap <= x.noise_floor))
     ):
         found.append(
             Finding(
@@ -236,26 +418,37 @@ def _findings(
                 f"ε·σ_max = {x.noise_floor:.2e} are rounding of the stored entries "
                 f"({x.below_noise_floor} singular value(s) below it"
                 + (
-                    f", smallest gap {x.min_pair_gap:.2e})"
-                    if x.min_pair_gap is not None and x.min_pair_gap <= x.noise_floor
+                    f", smallest gap {gap:.2e})"
+                    if gap is not None and gap <= x.noise_floor
                     else ")"
                 ),
             )
         )
-    working = tolerances.compute_dtype(storage)
-    if not x.cond_resolved and tolerances.machine_eps(computed_in) > tolerances.machine_eps(
-        working
-    ):
+    if open_checks and judgement.runs(Flag.UNRESOLVED):
         found.append(
             Finding(
                 Flag.UNRESOLVED,
                 Severity.INFO,
-                f"σ_min is below the resolution of {dtype_name(computed_in)}: κ₂ ≥ "
-                f"{x.cond_lower_bound:.2e} but the value is not resolved",
+                f"computed in {dtype_name(computed_in)}, each singular value is known to "
+                f"± {margin:.1e} only, which leaves open " + "; ".join(open_checks) + " "
+                f"({question} profile; the float64 analysis decides)",
                 parameter="precision",
             )
         )
     return tuple(found)
+
+
+def check_thresholds(max_cond: float | None, gap_rtol: float | None) -> None:
+    """max_cond > 1 (inf switches ill-conditioned off); 0 ≤ gap_rtol < 1 (0 switches near ties off)."""
+    if max_cond is not None and not (max_cond > 1.0):
+        raise InputError(
+            f"max_cond must be a number above 1 (inf switches the ill-conditioned check off), "
+            f"got {max_cond}"
+        )
+    if gap_rtol is not None and not (0.0 <= gap_rtol < 1.0):
+        raise InputError(
+            f"gap_rtol must lie in [0, 1) (0 switches the near-degenerate check off), got {gap_rtol}"
+        )
 
 
 def report_from_spectrum(
@@ -264,21 +457,19 @@ def report_from_spectrum(
     *,
     computed_in: torch.dtype,
     device: str,
-    max_cond: float | None = None,
-    gap_rtol: float | None = None,
+    judgement: Judgement | None = None,
+    keep_spectrum: bool = False,
 ) -> MatrixReport:
     """Turn the descending spectrum ``s`` (k,) of ``subject`` into its report.
 
-    ``max_cond`` is the κ₂ threshold of the ``ill-conditioned`` flag; None takes
-    ``tolerances.default_max_cond`` of the working dtype. ``gap_rtol`` is the
-    relative gap |s_i − s_j|/σ_max at or below which a pair is near-degenerate;
-    None takes ``tolerances.inspect_near_degenerate_tolerance`` (√ε_w).
+    ``judgement``: the profile, the rules that run and the thresholds
+    (:class:`Judgement`; default: the health profile, every threshold derived).
+    ``keep_spectrum``: carry s itself in the report (``singular_values``).
     """
+    judgement = judgement or Judgement()
     m, n = subject.matrix_shape
     s = s.to(dtype=torch.float64, device="cpu")
-    x = _spectrum_numbers(s, m, n, subject.dtype, computed_in, gap_rtol)
-    if max_cond is None:
-        max_cond = tolerances.default_max_cond(tolerances.compute_dtype(subject.dtype))
+    x = _spectrum_numbers(s, m, n, subject.dtype, computed_in, judgement.gap_rtol)
     return MatrixReport(
         name=subject.name,
         path=subject.path,
@@ -303,7 +494,12 @@ def report_from_spectrum(
         vector_error_bound=x.vector_error_bound,
         noise_floor=x.noise_floor,
         below_noise_floor=x.below_noise_floor,
-        findings=_findings(x, m, n, subject.dtype, computed_in, max_cond),
+        typical_cond=tolerances.typical_cond(m, n),
+        stable_rank=x.stable_rank,
+        effective_rank=x.effective_rank,
+        sketch=x.sketch,
+        singular_values=tuple(s.tolist()) if keep_spectrum else None,
+        findings=_findings(x, m, n, subject.dtype, computed_in, judgement),
     )
 
 
@@ -313,8 +509,11 @@ def diagnose(
     name: str = "matrix",
     precision: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    profile: Profile | str = Profile.HEALTH,
     max_cond: float | None = None,
     gap_rtol: float | None = None,
+    select: Sequence[str] | None = None,
+    ignore: Sequence[str] = (),
     path: str | None = None,
     key: str | None = None,
 ) -> MatrixReport:
@@ -322,16 +521,22 @@ def diagnose(
 
     ``precision`` (float64 by default) is the dtype the singular values are
     computed in; bf16/fp16/fp8 are upcast. ``device`` defaults to the tensor's.
-    ``max_cond`` and ``gap_rtol``: see :func:`report_from_spectrum`.
+    ``profile``: ``"health"`` (is the weight healthy to use?) or ``"svd-grad"``
+    (will differentiating through its SVD break?), see ``docs/diagnostics.md``.
+    ``max_cond``: κ₂ threshold of ``ill-conditioned`` (None: derived from the
+    dtype, the shape and the profile; inf: off). ``gap_rtol``: relative gap of
+    ``near-degenerate`` (None: √ε_w; 0: off). ``select`` / ``ignore``: rule
+    codes, prefixes or names (``svdguard.app.rules``).
     NaN/Inf entries give a report with the ``nonfinite`` flag, never an
     exception; a decomposition that fails after its retry raises
     :class:`NumericalError`.
 
     >>> import torch
-    >>> report = diagnose(torch.diag(torch.tensor([3.0, 2.0, 2.0, 1.0], dtype=torch.float64)))
-    >>> report.cond, report.rank, report.tied_pairs, report.flags
-    (3.0, 4, 1, ('degenerate',))
-    >>> report.severity.value
+    >>> a = torch.diag(torch.tensor([3.0, 2.0, 2.0, 1.0], dtype=torch.float64))
+    >>> report = diagnose(a)
+    >>> report.cond, report.rank, report.tied_pairs, report.flags, report.severity.value
+    (3.0, 4, 1, ('tied',), 'info')
+    >>> diagnose(a, profile="svd-grad").severity.value
     'error'
     """
     check_matrix(tensor, name if path is None else None, path=path, key=key)
@@ -339,18 +544,22 @@ def diagnose(
         raise InputError(
             f"svdguard.diagnose: precision must be torch.float64 or torch.float32, got {precision}"
         )
+    check_thresholds(max_cond, gap_rtol)
+    rules = RuleSelection.build(profile, select=select, ignore=ignore)
+    judgement = Judgement(
+        profile=rules.profile, rules=rules.active(name), max_cond=max_cond, gap_rtol=gap_rtol
+    )
     matrix = as_matrix(tensor)
     subject = Subject(name=name, shape=tuple(tensor.shape), dtype=tensor.dtype, path=path, key=key)
     target = torch.device(device) if device is not None else tensor.device
     bad = count_nonfinite(matrix)
     if bad:
-        return nonfinite_report(subject, bad, str(target))
+        return nonfinite_report(subject, bad, str(target), judgement)
     spectrum = singular_values(matrix, precision=precision, device=target)
     return report_from_spectrum(
         spectrum.values,
         subject,
         computed_in=spectrum.dtype,
         device=spectrum.device,
-        max_cond=max_cond,
-        gap_rtol=gap_rtol,
+        judgement=judgement,
     )

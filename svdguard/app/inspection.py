@@ -1,12 +1,16 @@
 """``svdguard.inspect``: stream the tensors of files and checkpoints through the diagnostics.
 
 One tensor is in memory at a time (on CUDA: one batch of same-shape matrices,
-bounded by :data:`CUDA_BATCH_BYTES`). Every tensor gives exactly one row:
+bounded by :data:`CUDA_BATCH_BYTES`). The files come from
+:func:`svdguard.app.discovery.discover` (directories searched recursively, files
+without weights skipped with their reason), and every tensor gives one row:
 
 * :class:`~svdguard.app.report.MatrixReport` for a floating 2-D tensor, or a ≥3-D
-  one analysed as ``shape[0] × ∏ shape[1:]``;
+  one analysed as ``shape[0] × ∏ shape[1:]`` (one row per matrix of a stack
+  matched by ``batch``), judged for the run's profile and rules;
 * :class:`~svdguard.app.report.SkippedTensor` for what is not a matrix (scalars,
-  1-D, integer, bool, empty, excluded by name, above ``max_elements``);
+  1-D, integer, bool, empty, excluded by name, optimizer state, above
+  ``max_elements``), and for each file of a directory that was not read;
 * :class:`~svdguard.app.report.FailedReport` when a payload cannot be read or the
   SVD fails after its retry; a file whose header cannot be read gives one
   file-level failed row. Neither stops the run.
@@ -19,18 +23,34 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from svdguard.app.diagnose import Subject, nonfinite_report, report_from_spectrum
-from svdguard.app.report import FailedReport, InspectionItem, SkippedTensor, SkipReason
+from svdguard.app.diagnose import (
+    Judgement,
+    Subject,
+    check_thresholds,
+    nonfinite_report,
+    report_from_spectrum,
+)
+from svdguard.app.discovery import Discovered, discover
+from svdguard.app.report import (
+    FailedReport,
+    InspectionItem,
+    Profile,
+    SkippedTensor,
+    SkipReason,
+)
+from svdguard.app.rules import RuleSelection
 from svdguard.errors import InputError, NumericalError, ResourceLimitError
-from svdguard.io import DEFAULT_MAX_ELEMENTS, TensorRecord, expand_inputs, iter_records
+from svdguard.io import DEFAULT_MAX_ELEMENTS, TensorRecord, iter_records
 from svdguard.io.dtypes import torch_dtype
+from svdguard.io.records import FailedUnit
+from svdguard.io.torch_format import iter_torch_records
 from svdguard.linalg.spectrum_analysis import (
     CUDA_DRIVERS,
     PRECISIONS,
@@ -46,8 +66,10 @@ from svdguard.linalg.spectrum_analysis import (
 __all__ = [
     "CUDA_BATCH_BYTES",
     "DEVICES",
+    "OPTIMIZER_STATE_NAMES",
     "Selection",
     "inspect",
+    "is_optimizer_state",
     "resolve_device",
     "resolve_precision",
     "skip_reason",
@@ -88,23 +110,60 @@ def resolve_precision(precision: str | torch.dtype) -> torch.dtype:
     raise InputError(f"precision must be float64 or float32, got {precision!r}")
 
 
+#: Names of optimizer-state tensors (torch.optim's state dicts: Adam, AdamW, SGD, RMSprop,
+#: Adadelta, Adamax): moments and buffers of the training run, not weights of the model.
+OPTIMIZER_STATE_NAMES = frozenset(
+    {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "acc_delta",
+     "exp_inf"}
+)  # fmt: skip
+
+
+def is_optimizer_state(key: str) -> bool:
+    """True for the tensors of an optimizer's state dict (``state.3.exp_avg``, ``…momentum_buffer``)."""
+    parts = key.split(".")
+    if any(part in OPTIMIZER_STATE_NAMES for part in parts):
+        return True
+    return parts[0] in ("optimizer", "optimizer_states", "optim") or (
+        len(parts) >= 2 and parts[0] == "state" and parts[1].isdigit()
+    )
+
+
 @dataclass(frozen=True)
 class Selection:
-    """Which tensors are analysed: name globs (``fnmatch`` on the key) and a size limit."""
+    """Which tensors are analysed: name globs (``fnmatch`` on the key) and a size limit.
+
+    ``include_optimizer``: analyse optimizer-state tensors too (skipped by default).
+    ``batch``: globs of ≥3-D tensors analysed as a stack of ``shape[0]`` matrices
+    ``shape[1] × ∏ shape[2:]`` (mixture-of-experts weights) instead of one matrix.
+    """
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     max_elements: int = DEFAULT_MAX_ELEMENTS
+    include_optimizer: bool = False
+    batch: tuple[str, ...] = ()
 
     def wants(self, name: str) -> bool:
         """True when ``name`` matches an include glob (or there is none) and no exclude glob."""
         included = not self.include or any(fnmatch.fnmatchcase(name, p) for p in self.include)
         return included and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
 
+    def stacked(self, name: str) -> bool:
+        """True when ``name`` is to be analysed as a stack of matrices."""
+        return any(fnmatch.fnmatchcase(name, p) for p in self.batch)
 
-def _skipped(record: TensorRecord, reason: SkipReason, detail: str = "") -> SkippedTensor:
+
+def _name(record: TensorRecord, labels: Discovered | None = None) -> str:
+    """``label[key]`` (``label`` alone for an unnamed tensor); the label names the file."""
+    label = labels.label(record.path) if labels is not None else Path(record.path).name
+    return f"{label}[{record.key}]" if record.key else label
+
+
+def _skipped_row(
+    record: TensorRecord, reason: SkipReason, detail: str = "", labels: Discovered | None = None
+) -> SkippedTensor:
     return SkippedTensor(
-        name=record.display_name,
+        name=_name(record, labels),
         reason=reason,
         path=str(record.path),
         key=record.key or None,
@@ -122,16 +181,23 @@ def _numpy_kind(name: str) -> str | None:
         return None
 
 
-def skip_reason(record: TensorRecord, selection: Selection) -> SkippedTensor | None:
+def skip_reason(
+    record: TensorRecord, selection: Selection, labels: Discovered | None = None
+) -> SkippedTensor | None:
     """The row of a tensor that is not analysed, from its header alone; None when it is analysed."""
+
+    def _skipped(reason: SkipReason, detail: str = "") -> SkippedTensor:
+        return _skipped_row(record, reason, detail, labels)
+
     name = record.key or Path(record.path).name
     if not selection.wants(name):
-        return _skipped(record, SkipReason.EXCLUDED)
+        return _skipped(SkipReason.EXCLUDED)
+    if not selection.include_optimizer and record.key and is_optimizer_state(record.key):
+        return _skipped(SkipReason.OPTIMIZER)
     dtype = torch_dtype(record.dtype)
     if dtype is None:
         if _numpy_kind(record.dtype) in ("U", "S", "V", "f", "c"):
             return _skipped(
-                record,
                 SkipReason.UNSUPPORTED_DTYPE,
                 f"dtype {record.dtype} has no torch equivalent; convert it to float64 if it "
                 "holds a matrix",
@@ -140,35 +206,22 @@ def skip_reason(record: TensorRecord, selection: Selection) -> SkippedTensor | N
         # (a hostile or corrupt file must not pass as "skipped").
         return None
     if dtype == torch.bool:
-        return _skipped(record, SkipReason.BOOL)
+        return _skipped(SkipReason.BOOL)
     if not (dtype.is_floating_point or dtype.is_complex):
-        return _skipped(record, SkipReason.INTEGER)
+        return _skipped(SkipReason.INTEGER)
     if len(record.shape) == 0:
-        return _skipped(record, SkipReason.SCALAR)
+        return _skipped(SkipReason.SCALAR)
     if len(record.shape) == 1:
-        return _skipped(record, SkipReason.VECTOR)
+        return _skipped(SkipReason.VECTOR)
     if 0 in record.shape:
-        return _skipped(record, SkipReason.EMPTY)
+        return _skipped(SkipReason.EMPTY)
     numel = math.prod(record.shape)
     if numel > selection.max_elements:
         return _skipped(
-            record,
             SkipReason.TOO_LARGE,
             f"{numel:,} elements exceed max_elements = {selection.max_elements:,}",
         )
     return None
-
-
-def _failed(record: TensorRecord, stage: str, reason: str) -> FailedReport:
-    return FailedReport(
-        name=record.display_name,
-        reason=reason,
-        stage=stage,
-        path=str(record.path),
-        key=record.key or None,
-        shape=tuple(record.shape),
-        dtype=record.dtype,
-    )
 
 
 def _message(err: BaseException) -> str:
@@ -176,16 +229,71 @@ def _message(err: BaseException) -> str:
     return getattr(err, "message", None) or f"{type(err).__name__}: {err}"
 
 
-def _records(path: Path, max_elements: int) -> Iterator[TensorRecord | FailedReport]:
+#: Prefix of the model's weights inside a PyTorch Lightning checkpoint.
+LIGHTNING_STATE_DICT = "state_dict."
+
+
+def _lightning_records(
+    path: Path, max_elements: int
+) -> list[TensorRecord | SkippedTensor | FailedReport]:
+    """A Lightning ``.ckpt``: its ``state_dict`` (prefix dropped), read like a .pt with weights_only.
+
+    Tensors outside the state dict (loop and callback state) are skipped as not weights;
+    the optimizer states are lists, which the .pt reader skips.
+    """
+    try:
+        if path.stat().st_size == 0:
+            raise InputError("the file is empty (0 bytes)", path=path)
+    except OSError as err:
+        raise InputError(f"cannot access: {err.strerror or err}", path=path) from None
+    rows: list[TensorRecord | SkippedTensor | FailedReport] = []
+    for record in iter_torch_records(path, max_elements=max_elements):
+        if isinstance(record, FailedUnit):  # one unreadable entry: a failed row, the rest go on
+            rows.append(
+                FailedReport(
+                    name=record.display_name,
+                    reason=record.error.message,
+                    stage="read",
+                    path=str(record.path),
+                    key=record.key,
+                )
+            )
+        elif record.key.startswith(LIGHTNING_STATE_DICT):
+            rows.append(replace(record, key=record.key.removeprefix(LIGHTNING_STATE_DICT)))
+        else:
+            rows.append(
+                _skipped_row(
+                    record, SkipReason.NOT_WEIGHTS, "outside the Lightning checkpoint's state_dict"
+                )
+            )
+    return rows
+
+
+def _records(
+    path: Path, max_elements: int, labels: Discovered
+) -> Iterator[TensorRecord | SkippedTensor | FailedReport]:
     """The records of one file; an unreadable header becomes one file-level failed row."""
-    records = iter_records(path, max_elements=max_elements)
+    if path.suffix.lower() == ".ckpt":
+        try:
+            listed: Iterator[TensorRecord | SkippedTensor | FailedReport] = iter(
+                _lightning_records(path, max_elements)
+            )
+        except InputError as err:
+            yield FailedReport(
+                name=labels.label(path), reason=_message(err), stage="read", path=str(path)
+            )
+            return
+    else:
+        listed = iter_records(path, max_elements=max_elements)
     while True:
         try:
-            record = next(records)
+            record = next(listed)
         except StopIteration:
             return
         except InputError as err:
-            yield FailedReport(name=path.name, reason=_message(err), stage="read", path=str(path))
+            yield FailedReport(
+                name=labels.label(path), reason=_message(err), stage="read", path=str(path)
+            )
             return
         yield record
 
@@ -196,8 +304,19 @@ class _Analysis:
 
     precision: torch.dtype
     device: torch.device
+    rules: RuleSelection
     max_cond: float | None
     gap_rtol: float | None
+    keep_spectrum: bool = False
+
+    def judgement(self, name: str) -> Judgement:
+        """The judgement of tensor ``name``: the profile, its rules after per-tensor ignores."""
+        return Judgement(
+            profile=self.rules.profile,
+            rules=self.rules.active(name),
+            max_cond=self.max_cond,
+            gap_rtol=self.gap_rtol,
+        )
 
 
 @dataclass
@@ -205,6 +324,18 @@ class _Pending:
     subject: Subject
     matrix: torch.Tensor  # on the device, in the compute dtype
     record: TensorRecord
+
+
+def _failed(record: TensorRecord, name: str, stage: str, reason: str) -> FailedReport:
+    return FailedReport(
+        name=name,
+        reason=reason,
+        stage=stage,
+        path=str(record.path),
+        key=record.key or None,
+        shape=tuple(record.shape),
+        dtype=record.dtype,
+    )
 
 
 class _BatchQueue:
@@ -236,52 +367,43 @@ class _BatchQueue:
             spectra = None  # one bad matrix spoils the batch: redo them one by one, with retries
         for index, pending in enumerate(group):
             if spectra is not None and bool(torch.isfinite(spectra[index]).all()):
-                yield self._report(pending, spectra[index], pending.matrix.dtype)
+                yield _report(pending.subject, spectra[index], pending.matrix.dtype, self.analysis)
                 continue
             try:
                 spectrum = singular_values(
                     pending.matrix, precision=self.analysis.precision, device=self.analysis.device
                 )
             except NumericalError as err:
-                yield _failed(pending.record, "svd", _message(err))
+                yield _failed(pending.record, pending.subject.name, "svd", _message(err))
                 continue
-            yield self._report(pending, spectrum.values, spectrum.dtype)
-
-    def _report(self, pending: _Pending, s: torch.Tensor, dtype: torch.dtype) -> InspectionItem:
-        return report_from_spectrum(
-            s,
-            pending.subject,
-            computed_in=dtype,
-            device=str(self.analysis.device),
-            max_cond=self.analysis.max_cond,
-            gap_rtol=self.analysis.gap_rtol,
-        )
+            yield _report(pending.subject, spectrum.values, spectrum.dtype, self.analysis)
 
 
-def _analyse(
-    record: TensorRecord, analysis: _Analysis, queue: _BatchQueue | None
-) -> Iterator[InspectionItem]:
-    """The row(s) of one record that passed the header checks."""
-    try:
-        tensor = record.load()
-    except ResourceLimitError as err:
-        yield _skipped(record, SkipReason.TOO_LARGE, _message(err))
-        return
-    except InputError as err:
-        yield _failed(record, "load", _message(err))
-        return
-    subject = Subject(
-        name=record.display_name,
-        shape=tuple(tensor.shape),
-        dtype=tensor.dtype,
-        path=str(record.path),
-        key=record.key or None,
+def _report(
+    subject: Subject, s: torch.Tensor, dtype: torch.dtype, analysis: _Analysis
+) -> InspectionItem:
+    return report_from_spectrum(
+        s,
+        subject,
+        computed_in=dtype,
+        device=str(analysis.device),
+        judgement=analysis.judgement(subject.key or subject.name),
+        keep_spectrum=analysis.keep_spectrum,
     )
-    matrix = as_matrix(tensor)
-    del tensor
+
+
+def _analyse_matrix(
+    record: TensorRecord,
+    subject: Subject,
+    matrix: torch.Tensor,
+    analysis: _Analysis,
+    queue: _BatchQueue | None,
+) -> Iterator[InspectionItem]:
+    """The row of one matrix (2-D) of a record."""
     bad = count_nonfinite(matrix)
     if bad:
-        yield nonfinite_report(subject, bad, str(analysis.device))
+        judgement = analysis.judgement(subject.key or subject.name)
+        yield nonfinite_report(subject, bad, str(analysis.device), judgement)
         return
     if queue is not None:
         on_device = matrix.to(
@@ -294,64 +416,127 @@ def _analyse(
     try:
         spectrum = singular_values(matrix, precision=analysis.precision, device=analysis.device)
     except NumericalError as err:
-        yield _failed(record, "svd", _message(err))
+        yield _failed(record, subject.name, "svd", _message(err))
         return
-    yield report_from_spectrum(
-        spectrum.values,
-        subject,
-        computed_in=spectrum.dtype,
-        device=spectrum.device,
-        max_cond=analysis.max_cond,
-        gap_rtol=analysis.gap_rtol,
+    yield _report(subject, spectrum.values, spectrum.dtype, analysis)
+
+
+def _analyse(
+    record: TensorRecord,
+    selection: Selection,
+    analysis: _Analysis,
+    queue: _BatchQueue | None,
+    labels: Discovered,
+) -> Iterator[InspectionItem]:
+    """The row(s) of one record that passed the header checks: one, or one per stacked matrix."""
+    name = _name(record, labels)
+    try:
+        tensor = record.load()
+    except ResourceLimitError as err:
+        yield _skipped_row(record, SkipReason.TOO_LARGE, _message(err), labels)
+        return
+    except InputError as err:
+        yield _failed(record, name, "load", _message(err))
+        return
+    if tensor.ndim >= 3 and selection.stacked(record.key or Path(record.path).name):
+        for index in range(tensor.shape[0]):
+            element = tensor[index]
+            subject = Subject(
+                name=f"{name}[{index}]",
+                shape=tuple(element.shape),
+                dtype=element.dtype,
+                path=str(record.path),
+                key=f"{record.key}[{index}]" if record.key else f"[{index}]",
+            )
+            yield from _analyse_matrix(record, subject, as_matrix(element), analysis, queue)
+        return
+    subject = Subject(
+        name=name,
+        shape=tuple(tensor.shape),
+        dtype=tensor.dtype,
+        path=str(record.path),
+        key=record.key or None,
     )
+    matrix = as_matrix(tensor)
+    del tensor
+    yield from _analyse_matrix(record, subject, matrix, analysis, queue)
 
 
 def _run(
-    files: list[Path], selection: Selection, analysis: _Analysis, batched: bool
+    discovered: Discovered, selection: Selection, analysis: _Analysis, batched: bool
 ) -> Iterator[InspectionItem]:
+    for skipped_file in discovered.skipped:
+        yield SkippedTensor(
+            name=discovered.label(skipped_file.path),
+            reason=skipped_file.reason,
+            path=str(skipped_file.path),
+            detail=skipped_file.detail,
+        )
     queue = _BatchQueue(analysis, CUDA_BATCH_BYTES) if batched else None
-    for path in files:
-        for record in _records(path, selection.max_elements):
-            if isinstance(record, FailedReport):
+    for path in discovered.files:
+        for record in _records(path, selection.max_elements, discovered):
+            if isinstance(record, (FailedReport, SkippedTensor)):
                 yield record
                 continue
-            skipped = skip_reason(record, selection)
+            skipped = skip_reason(record, selection, discovered)
             if skipped is not None:
                 yield skipped
                 continue
             try:
-                yield from _analyse(record, analysis, queue)
+                yield from _analyse(record, selection, analysis, queue, discovered)
             except Exception as err:  # noqa: BLE001 - one bad tensor must not stop a checkpoint
-                yield _failed(record, "analyse", f"{type(err).__name__}: {err}")
+                yield _failed(
+                    record, _name(record, discovered), "analyse", f"{type(err).__name__}: {err}"
+                )
         if queue is not None:
             yield from queue.flush()
 
 
 def inspect(
-    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Discovered,
     *,
     precision: str | torch.dtype = torch.float64,
     device: str | torch.device = "auto",
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    profile: Profile | str = Profile.HEALTH,
     max_cond: float | None = None,
     gap_rtol: float | None = None,
+    select: Sequence[str] | None = None,
+    extend_select: Sequence[str] = (),
+    ignore: Sequence[str] = (),
+    per_tensor_ignores: Mapping[str, Sequence[str]] | None = None,
+    include_optimizer: bool = False,
+    batch: Sequence[str] = (),
+    spectrum: bool = False,
     batched: bool | None = None,
 ) -> Iterator[InspectionItem]:
     """Diagnose every matrix in ``paths``: one row per tensor, streamed.
 
     ``paths``: a file (.npy, .npz, .safetensors, ``*.safetensors.index.json``,
-    .pt/.bin/.pth), a directory (Hugging Face layout) or a glob, or a list of
-    them. ``precision``: the dtype singular values are computed in (float64 by
-    default; float32 is faster but cannot resolve κ₂ beyond about 1/(max(m, n)·ε₃₂)).
-    ``device``: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-    ``include`` / ``exclude``: ``fnmatch`` globs on the tensor's key.
-    ``max_elements``: larger tensors are skipped. ``max_cond`` / ``gap_rtol``:
-    thresholds of the ``ill-conditioned`` and ``degenerate`` flags (None: derived
-    from each tensor's dtype, see ``svdguard.tolerances``). ``batched``: group
-    same-shape matrices into one ``svdvals`` call (default: on CUDA only); rows
-    of a batch are yielded when it runs, so the order then differs from the file's.
+    .pt/.bin/.pth, Lightning .ckpt), a directory (searched recursively, see
+    :mod:`svdguard.app.discovery`) or a glob, or a list of them.
+    ``precision``: the dtype singular values are computed in (float64 by
+    default; float32 is faster, and a verdict it cannot resolve is reported as
+    ``unresolved``). ``device``: ``"auto"`` (CUDA when available), ``"cpu"`` or
+    ``"cuda"``. ``include`` / ``exclude``: ``fnmatch`` globs on the tensor's key.
+    ``max_elements``: larger tensors are skipped.
+
+    Judging: ``profile`` ``"health"`` (is the checkpoint healthy to use?) or
+    ``"svd-grad"`` (will differentiating through the SVD of its weights
+    break?); ``max_cond`` / ``gap_rtol``: thresholds of ``ill-conditioned``
+    (None: derived per tensor; inf: off) and ``near-degenerate`` (None: √ε_w;
+    0: off); ``select`` (replaces the profile's rules), ``extend_select``,
+    ``ignore``, ``per_tensor_ignores`` (name glob → rules): rule codes, code
+    prefixes or names (``svdguard.app.rules``, ``docs/diagnostics.md#rules``).
+
+    ``include_optimizer``: analyse optimizer-state tensors (``exp_avg`` …),
+    skipped by default. ``batch``: globs of ≥3-D tensors analysed as a stack of
+    ``shape[0]`` matrices. ``spectrum``: keep every singular value in the rows.
+    ``batched``: group same-shape matrices into one ``svdvals`` call (default:
+    on CUDA only); rows of a batch are yielded when it runs, so the order then
+    differs from the file's.
 
     Arguments and paths are checked at the call (InputError for a missing file
     or an unknown device); problems inside files become rows.
@@ -360,21 +545,31 @@ def inspect(
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "eye.npy"
     >>> np.save(path, np.eye(3))
     >>> [(row.name, row.cond, row.flags) for row in inspect(path)]
-    [('eye.npy', 1.0, ('degenerate',))]
+    [('eye.npy', 1.0, ('tied',))]
+    >>> [row.severity.value for row in inspect(path, profile="svd-grad")]
+    ['error']
     """
-    raw = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    files = expand_inputs(raw)
+    discovered = paths if isinstance(paths, Discovered) else discover(paths)
+    check_thresholds(max_cond, gap_rtol)
+    rules = RuleSelection.build(
+        profile,
+        select=select,
+        extend_select=extend_select,
+        ignore=ignore,
+        per_tensor_ignores=per_tensor_ignores,
+    )
     analysis = _Analysis(
         precision=resolve_precision(precision),
         device=resolve_device(device),
+        rules=rules,
         max_cond=max_cond,
         gap_rtol=gap_rtol,
+        keep_spectrum=spectrum,
     )
-    for name, value in (("max_cond", max_cond), ("gap_rtol", gap_rtol)):
-        if value is not None and not (value > 0 and math.isfinite(value)):
-            raise InputError(f"{name} must be a positive finite number, got {value}")
     if max_elements < 1:
         raise InputError(f"max_elements must be at least 1, got {max_elements}")
-    selection = Selection(tuple(include), tuple(exclude), max_elements)
+    selection = Selection(
+        tuple(include), tuple(exclude), max_elements, include_optimizer, tuple(batch)
+    )
     use_batches = analysis.device.type == "cuda" if batched is None else batched
-    return _run(files, selection, analysis, use_batches)
+    return _run(discovered, selection, analysis, use_batches)

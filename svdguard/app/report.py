@@ -26,8 +26,10 @@ __all__ = [
     "Finding",
     "Flag",
     "InspectionItem",
+    "INSPECT_SCHEMA_VERSION",
     "InspectionSummary",
     "MatrixReport",
+    "Profile",
     "Severity",
     "SkipReason",
     "SkippedTensor",
@@ -41,16 +43,23 @@ __all__ = [
 #: "-Infinity") in every document, and findings name their threshold's parameter.
 SCHEMA_VERSION = 2
 
+#: Version of the ``inspect`` JSON report. 3: findings carry a rule code (``SG…``), the
+#: ``degenerate`` flag became ``tied`` and ``near-degenerate``, severities depend on the
+#: profile (``health`` or ``svd-grad``), and rows carry stable and effective rank.
+INSPECT_SCHEMA_VERSION = 3
+
 
 class Severity(str, Enum):
     """How bad a finding is; ordered ``ERROR > WARNING > INFO``.
 
-    * ``error``: the numbers cannot be trusted or gradients do not exist
-      (non-finite entries, tied singular values, a failed decomposition).
-    * ``warning``: well defined but ill-posed (ill-conditioned, rank-deficient,
-      near-degenerate above rounding level, all-zero).
-    * ``info``: context that changes how to read the numbers (the noise floor of
-      low-precision storage, a condition number at the resolution of float32).
+    Which severity a rule raises depends on the profile (``docs/diagnostics.md#rules``):
+
+    * ``error``: the weight cannot be used as it is for the question asked
+      (non-finite entries, a failed decomposition; tied singular values in svd-grad).
+    * ``warning``: well defined but ill-posed, and unusual for the shape
+      (ill-conditioned, rank-deficient, near-degenerate in svd-grad, all-zero).
+    * ``info``: context that changes how to read the numbers (ties in health, the
+      noise floor of low-precision storage, what a coarser precision cannot decide).
     """
 
     ERROR = "error"
@@ -63,17 +72,47 @@ class Severity(str, Enum):
         return {"error": 3, "warning": 2, "info": 1}[self.value]
 
 
+class Profile(str, Enum):
+    """The question a run answers (``docs/diagnostics.md#profiles``).
+
+    * ``health``: is this checkpoint numerically healthy to use (multiply, solve, fine-tune)?
+    * ``svd-grad``: will differentiating through the SVD of these weights break?
+    """
+
+    HEALTH = "health"
+    SVD_GRAD = "svd-grad"
+
+
 class Flag(str, Enum):
-    """The kinds of finding ``inspect`` reports; ``value`` is the name users see."""
+    """The kinds of finding ``inspect`` reports; ``value`` is the name users see, ``code`` the rule."""
 
     NONFINITE = "nonfinite"
-    DEGENERATE = "degenerate"
-    RANK_DEFICIENT = "rank-deficient"
-    ILL_CONDITIONED = "ill-conditioned"
     ZERO = "zero"
+    ILL_CONDITIONED = "ill-conditioned"
+    RANK_DEFICIENT = "rank-deficient"
+    TIED = "tied"
+    NEAR_DEGENERATE = "near-degenerate"
     NOISE_FLOOR = "noise-floor"
     UNRESOLVED = "unresolved"
     FAILED = "failed"
+
+    @property
+    def code(self) -> str:
+        """The stable rule code (``SG101`` …), the name ``--select``/``--ignore`` also accept."""
+        return _CODES[self]
+
+
+_CODES = {
+    Flag.NONFINITE: "SG101",
+    Flag.ZERO: "SG102",
+    Flag.ILL_CONDITIONED: "SG201",
+    Flag.RANK_DEFICIENT: "SG202",
+    Flag.TIED: "SG301",
+    Flag.NEAR_DEGENERATE: "SG302",
+    Flag.NOISE_FLOOR: "SG401",
+    Flag.UNRESOLVED: "SG402",
+    Flag.FAILED: "SG001",
+}
 
 
 class SkipReason(str, Enum):
@@ -87,6 +126,9 @@ class SkipReason(str, Enum):
     BOOL = "bool"  #: masks
     UNSUPPORTED_DTYPE = "unsupported-dtype"  #: a dtype torch lacks (strings, float128, ...)
     TOO_LARGE = "too-large"  #: above ``max_elements`` or the memory available
+    OPTIMIZER = "optimizer-state"  #: Adam moments, momentum buffers (``include_optimizer``)
+    NOT_WEIGHTS = "not-weights"  #: a file of a checkpoint directory that holds no weights
+    DUPLICATE = "duplicate"  #: a second copy of weights read from another file
 
 
 @dataclass(frozen=True)
@@ -104,8 +146,13 @@ class Finding:
     message: str
     parameter: str | None = None
 
+    @property
+    def code(self) -> str:
+        return self.flag.code
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "code": self.flag.code,
             "flag": self.flag.value,
             "severity": self.severity.value,
             "message": self.message,
@@ -149,6 +196,11 @@ class MatrixReport:
     vector_error_bound: float | None = None  #: ε_w·σ_max/min_i gap_i (LAPACK, radians)
     noise_floor: float | None = None  #: ε(storage)·σ_max, for bf16/fp16/fp8 storage only
     below_noise_floor: int | None = None  #: singular values ≤ the noise floor
+    typical_cond: float | None = None  #: κ₂ that 1 in 100 Gaussian matrices of this shape exceed
+    stable_rank: float | None = None  #: ‖A‖_F²/σ_max² = Σ s_i²/s_1²
+    effective_rank: float | None = None  #: exp(−Σ p_i log p_i), p_i = s_i/Σ s_j
+    sketch: tuple[float, ...] | None = None  #: log10(s_i/σ_max) at evenly spaced i (sparkline)
+    singular_values: tuple[float, ...] | None = None  #: s_1 ≥ … ≥ s_k, when asked for
     findings: tuple[Finding, ...] = field(default=())
 
     @property
@@ -193,8 +245,15 @@ class MatrixReport:
             "vector_error_bound": self.vector_error_bound,
             "noise_floor": self.noise_floor,
             "below_noise_floor": self.below_noise_floor,
+            "typical_cond": self.typical_cond,
+            "stable_rank": self.stable_rank,
+            "effective_rank": self.effective_rank,
+            "singular_values": (
+                None if self.singular_values is None else list(self.singular_values)
+            ),
             "severity": None if self.severity is None else self.severity.value,
             "flags": list(self.flags),
+            "codes": [f.flag.code for f in self.findings],
             "findings": [f.to_dict() for f in self.findings],
         }
 

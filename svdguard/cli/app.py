@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from svdguard import __version__
-from svdguard.cli import grad_cmd, inspect_cmd, repair_cmd, run_cmd
+from svdguard.cli import explain_cmd, grad_cmd, inspect_cmd, repair_cmd, run_cmd
 from svdguard.cli.error_boundary import CliState
 from svdguard.cli.exit_codes import EPILOG
 
@@ -27,6 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -45,7 +46,7 @@ def _root(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_print_version, is_eager=True, help="Print the version."
+            "--version", "-V", callback=_print_version, is_eager=True, help="Print the version."
         ),
     ] = False,
 ) -> None:
@@ -58,6 +59,7 @@ app.command("repair", help=repair_cmd.HELP, epilog=repair_cmd.EPILOG)(repair_cmd
 app.command(
     "run", help=run_cmd.HELP, epilog=run_cmd.EPILOG, context_settings=run_cmd.CONTEXT_SETTINGS
 )(run_cmd.run)
+app.command("explain")(explain_cmd.run)
 
 
 def main() -> None:

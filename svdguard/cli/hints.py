@@ -27,7 +27,8 @@ PARAMETER_FLAGS = {
 
 #: Finding code → what to do about it on the command line.
 FINDING_HINTS = {
-    "degenerate": "see `svdguard grad` for a gradient that stays finite",
+    "tied": "see `svdguard explain SG301`; `svdguard grad` shows a gradient that stays finite",
+    "near-degenerate": "`svdguard grad` shows a gradient that stays finite",
     "unresolved": "rerun with --precision float64",
 }
 

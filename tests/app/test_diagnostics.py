@@ -131,16 +131,21 @@ def test_count_close_pairs_matches_brute_force() -> None:
         assert count_close_pairs(s, tol) == pairs_within(s.numpy(), tol)
 
 
-def test_tied_singular_values_are_an_error() -> None:
+def test_tied_singular_values_error_in_svd_grad_info_in_health() -> None:
     # diag(3, 2, 2, 1) rotated: one exactly tied pair in exact arithmetic.
     a = with_singular_values([3.0, 2.0, 2.0, 1.0], 4, 4, seed=7)
-    report = diagnose(a)
+    report = diagnose(a, profile="svd-grad")
     assert report.tied_pairs == 1 and report.near_degenerate_pairs == 1
-    assert report.flags == ("degenerate",) and report.severity is Severity.ERROR
+    assert report.flags == ("tied",) and report.severity is Severity.ERROR
+    assert report.findings[0].code == "SG301"
     # The library speaks of numbers and consequences; the CLI adds where to go next.
     message = report.findings[0].message
     assert "svdguard grad" not in message and "--" not in message
     assert "svdguard grad" in finding_text(report.findings[0])
+    # Using the weight is not affected by a tie: info, saying which question it answers.
+    health = diagnose(a)
+    assert health.flags == ("tied",) and health.severity is Severity.INFO
+    assert "svd-grad" in health.findings[0].message
     # The tie tolerance is max(max(m, n)·ε_p·σ_max, ε_w·σ_max) = 4·ε·3 for float64 data.
     assert report.tie_tol == pytest.approx(4 * EPS64 * 3.0, rel=1e-12)
 
@@ -153,13 +158,19 @@ def test_identity_every_pair_tied() -> None:
 def test_near_degenerate_pair_is_a_warning() -> None:
     # Relative gap 1e-10 in float64: above the tie level (~1e-15), below √ε (1.5e-8).
     a = with_singular_values([1.0, 0.5, 0.5 - 1e-10, 0.1], 4, 4, seed=2)
-    report = diagnose(a)
+    report = diagnose(a, profile="svd-grad")
     assert report.tied_pairs == 0 and report.near_degenerate_pairs == 1
-    assert report.flags == ("degenerate",) and report.severity is Severity.WARNING
+    assert report.flags == ("near-degenerate",) and report.severity is Severity.WARNING
     assert report.near_degenerate_tol == pytest.approx(math.sqrt(EPS64), rel=1e-12)
-    # --gap-tol below the gap removes the flag; above it keeps it.
-    assert diagnose(a, gap_rtol=1e-11).findings == ()
-    assert diagnose(a, gap_rtol=1e-9).flags == ("degenerate",)
+    # The amplification σ_max/gap = 1e10 is named.
+    assert "1.0e+10×" in report.findings[0].message
+    # gap_rtol below the gap removes the flag; above it keeps it; 0 switches it off.
+    assert diagnose(a, profile="svd-grad", gap_rtol=1e-11).findings == ()
+    assert diagnose(a, profile="svd-grad", gap_rtol=1e-9).flags == ("near-degenerate",)
+    assert diagnose(a, profile="svd-grad", gap_rtol=0).findings == ()
+    # The health profile does not evaluate near ties unless selected.
+    assert diagnose(a).findings == ()
+    assert diagnose(a, select=["SG302"]).flags == ("near-degenerate",)
 
 
 def test_float32_working_dtype_thresholds() -> None:
@@ -169,7 +180,8 @@ def test_float32_working_dtype_thresholds() -> None:
     report = diagnose(a)
     assert report.dtype == "float32" and report.compute_dtype == "float64"
     assert report.tie_tol == pytest.approx(machine_eps(torch.float32) * report.sigma_max, rel=1e-9)
-    assert report.tied_pairs == 1 and report.severity is Severity.ERROR
+    assert report.tied_pairs == 1
+    assert diagnose(a, profile="svd-grad").severity is Severity.ERROR
 
 
 def test_rank_deficient_and_ill_conditioned() -> None:
@@ -177,6 +189,7 @@ def test_rank_deficient_and_ill_conditioned() -> None:
     report = diagnose(deficient)
     assert report.rank == np.linalg.matrix_rank(deficient.numpy()) == 2
     assert report.flags == ("rank-deficient",) and report.severity is Severity.WARNING
+    assert report.findings[0].code == "SG202"
     assert report.cond_resolved is False
     # σ_min is rounding (≤ τ = 5·ε·σ_max): κ ≥ σ_max/(σ_min + τ) lies in [1/(10ε), 1/(5ε)].
     assert 1 / (10 * EPS64) <= report.cond_lower_bound <= 1 / (5 * EPS64)
@@ -186,6 +199,12 @@ def test_rank_deficient_and_ill_conditioned() -> None:
     assert report.rank == 3 and report.flags == ("ill-conditioned",)
     assert report.cond == pytest.approx(1e9, rel=1e-5)
     assert diagnose(ill, max_cond=1e10).findings == ()
+    assert diagnose(ill, max_cond=math.inf).findings == ()
+    assert diagnose(ill, ignore=["ill-conditioned"]).findings == ()
+    with pytest.raises(InputError, match="max_cond"):
+        diagnose(ill, max_cond=0.5)
+    with pytest.raises(InputError, match="gap_rtol"):
+        diagnose(ill, gap_rtol=-1.0)
     # The finding names the library parameter behind its threshold, never a flag;
     # the CLI's rendering adds the flag.
     (finding,) = report.findings
@@ -230,7 +249,9 @@ def test_float32_precision_is_marked_unresolved() -> None:
     a = with_singular_values([1.0, 0.5, 1e-12], 3, 3, seed=6)
     report = diagnose(a, precision=torch.float32)
     assert report.compute_dtype == "float32" and report.cond_resolved is False
-    assert "unresolved" in report.flags and "rank-deficient" in report.flags
+    # float64 says ill-conditioned (warning); float32 cannot decide it: unresolved (info).
+    assert report.flags == ("unresolved",) and report.severity is Severity.INFO
+    assert diagnose(a).flags == ("ill-conditioned",)
     lower = report.cond_lower_bound
     assert lower is not None and lower <= 1e12  # a true lower bound of the exact κ
     exact = diagnose(a)
@@ -290,8 +311,9 @@ def test_non_matrices_are_input_errors(bad: torch.Tensor) -> None:
 
 def test_orthogonal_float32_every_pair_tied() -> None:
     q = haar_unitary(8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    report = diagnose(q.to(torch.float32))
+    report = diagnose(q.to(torch.float32), profile="svd-grad")
     assert report.tied_pairs == 8 * 7 // 2 and report.severity is Severity.ERROR
+    assert diagnose(q.to(torch.float32)).severity is Severity.INFO
 
 
 @pytest.mark.parametrize(

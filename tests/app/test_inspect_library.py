@@ -24,21 +24,26 @@ from svdguard.tolerances import compute_dtype, machine_eps
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_data"
 EPS64 = machine_eps(torch.float64)
 
-#: What sample_data/make_samples.py documents for each tensor of checkpoint.safetensors.
+#: What sample_data/make_samples.py documents for each tensor of checkpoint.safetensors,
+#: in the health profile and in the svd-grad profile.
+W, E, INFO = Severity.WARNING, Severity.ERROR, Severity.INFO
 EXPECTED_SAMPLE = {
-    "encoder.layer0.attention.weight": (None, ()),
-    "encoder.layer0.ffn.weight": (None, ()),
-    "encoder.layer1.ill_conditioned.weight": (Severity.WARNING, ("ill-conditioned",)),
-    "encoder.layer1.rank_deficient.weight": (Severity.WARNING, ("rank-deficient",)),
-    "encoder.layer2.orthogonal.weight": (Severity.ERROR, ("degenerate",)),
-    "encoder.layer2.near_tie.weight": (Severity.WARNING, ("degenerate",)),
-    "embeddings.word.weight": (Severity.INFO, ("noise-floor",)),
-    "conv1.weight": (None, ()),
-    "head.diverged.weight": (Severity.ERROR, ("nonfinite",)),
-    "head.unused.weight": (Severity.WARNING, ("zero",)),
-    "head.fp16.weight": (None, ()),
-    "pooler.dense.weight": (None, ()),
-    "classifier.weight": (Severity.WARNING, ("ill-conditioned",)),
+    "encoder.layer0.attention.weight": ((None, ()), (None, ())),
+    "encoder.layer0.ffn.weight": ((None, ()), (None, ())),
+    "encoder.layer1.ill_conditioned.weight": (
+        (W, ("ill-conditioned",)),
+        (W, ("ill-conditioned",)),
+    ),
+    "encoder.layer1.rank_deficient.weight": ((W, ("rank-deficient",)), (W, ("rank-deficient",))),
+    "encoder.layer2.orthogonal.weight": ((INFO, ("tied",)), (E, ("tied",))),
+    "encoder.layer2.near_tie.weight": ((None, ()), (W, ("near-degenerate",))),
+    "embeddings.word.weight": ((INFO, ("noise-floor",)), (INFO, ("noise-floor",))),
+    "conv1.weight": ((None, ()), (None, ())),
+    "head.diverged.weight": ((E, ("nonfinite",)), (E, ("nonfinite",))),
+    "head.unused.weight": ((W, ("zero",)), (W, ("zero",))),
+    "head.fp16.weight": ((None, ()), (None, ())),
+    "pooler.dense.weight": ((None, ()), (None, ())),
+    "classifier.weight": ((W, ("ill-conditioned",)), (W, ("ill-conditioned",))),
 }
 
 
@@ -67,11 +72,13 @@ def test_sample_checkpoint_matches_numpy_and_documented_flags() -> None:
     path = SAMPLES / "checkpoint.safetensors"
     stored = load_file(str(path))
     found = rows(list(svdguard.inspect(path)))
+    grad = rows(list(svdguard.inspect(path, profile="svd-grad")))
     assert set(found) == set(stored)
-    for key, (severity, flags) in EXPECTED_SAMPLE.items():
+    for key, (expected, expected_grad) in EXPECTED_SAMPLE.items():
         report = found[key]
         assert isinstance(report, MatrixReport), key
-        assert (report.severity, report.flags) == (severity, flags), key
+        assert (report.severity, report.flags) == expected, key
+        assert (grad[key].severity, grad[key].flags) == expected_grad, key
         if report.nonfinite:
             assert report.nonfinite == int((~torch.isfinite(stored[key])).sum())
             continue
@@ -101,7 +108,7 @@ def test_sharded_checkpoint_and_directory() -> None:
         "encoder.layer1.weight",
         "lm_head.weight",
     }
-    assert found["encoder.layer1.weight"].flags == ("degenerate",)  # eye(16)
+    assert found["encoder.layer1.weight"].flags == ("tied",)  # eye(16)
     assert found["encoder.layer1.weight"].tied_pairs == 16 * 15 // 2
     shard_2 = load_file(str(SAMPLES / "sharded" / "model-00002-of-00002.safetensors"))
     s, cond, _ = numpy_reference(shard_2["lm_head.weight"])
@@ -267,7 +274,7 @@ def test_arguments_are_checked_at_the_call(tmp_path: Path) -> None:
 
 def test_diagnose_is_the_library_entry() -> None:
     report = svdguard.diagnose(torch.eye(3), name="eye")
-    assert report.name == "eye" and report.flags == ("degenerate",)
+    assert report.name == "eye" and report.flags == ("tied",)
     assert json.loads(json.dumps(report.to_dict()))["cond"] == 1.0
 
 

@@ -31,6 +31,7 @@ CHECKPOINT = SAMPLES / "checkpoint.safetensors"
 SCHEMA = json.loads(
     (Path(svdguard.__file__).parent / "cli" / "inspect_schema.json").read_text(encoding="utf-8")
 )
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ANSI_COLOR = re.compile(r"\x1b\[[0-9;]*(3[0-7]|9[0-7]|38;[0-9;]+)m")
 
 
@@ -130,8 +131,8 @@ def test_table_on_the_sample_shows_every_flag() -> None:
     assert result.exit_code == 1
     out = result.stdout
     for flag in (
-        "nonfinite",
-        "degenerate",
+        "SG101 nonfinite",
+        "SG301 tied",
         "rank-deficient",
         "ill-conditioned",
         "zero",
@@ -139,15 +140,18 @@ def test_table_on_the_sample_shows_every_flag() -> None:
     ):
         assert flag in out, flag
     assert "8×27 ← 8×3×3×3" in out  # the reshape of the conv kernel is stated
-    assert "skipped integer: 1 (position_ids)" in out
-    assert "skipped 1-d: 1 (encoder.layer0.attention.bias)" in out
-    assert "13 matrices: 2 error, 5 warning, 1 info, 5 clean" in out
+    # Routine skips are counted, not listed, unless asked.
+    assert "skipped integer: 1; --show-excluded lists them" in out
+    assert "position_ids" not in out
+    listed = run(str(CHECKPOINT), "--show-excluded").stdout
+    assert "skipped 1-d: 1" in listed and "  encoder.layer0.attention.bias" in listed
+    assert "13 matrices: 1 error, 4 warning, 2 info, 6 clean" in out
     assert "→ exit 1 (--fail-on error)" in out
     assert result.stderr == ""  # no progress bar when stderr is not a terminal
     assert "\x1b[" not in out  # plain when stdout is not a terminal
-    # Worst first: the two errors precede every warning row.
+    # Worst first: the error precedes every warning row.
     lines = [line for line in out.splitlines() if line.strip().startswith(("ERROR", "warning"))]
-    assert [line.split()[0] for line in lines[:2]] == ["ERROR", "ERROR"]
+    assert [line.split()[0] for line in lines[:2]] == ["ERROR", "warning"]
 
 
 def test_table_marks_unresolved_condition_numbers() -> None:
@@ -193,7 +197,7 @@ def test_json_matches_schema_and_library() -> None:
     assert result.exit_code == 1
     document = json.loads(result.stdout)
     validate(document, SCHEMA)
-    assert document["schema_version"] == 2 and document["exit_code"] == 1
+    assert document["schema_version"] == 3 and document["exit_code"] == 1
     assert document["summary"]["matrices"] == 16 and document["summary"]["skipped"] == {
         "1-d": 2,
         "integer": 1,
@@ -232,11 +236,11 @@ def test_github_annotations() -> None:
     result = run(str(CHECKPOINT), "--format", "github")
     lines = result.stdout.splitlines()
     annotations = [line for line in lines if line.startswith("::")]
-    assert len(annotations) == 8  # one per finding of the sample
+    assert len(annotations) == 7  # one per finding of the sample
     levels = [line[2 : line.index(" ")] for line in annotations]
-    assert levels == ["error"] * 2 + ["warning"] * 5 + ["notice"]
+    assert levels == ["error"] * 1 + ["warning"] * 4 + ["notice"] * 2
     assert all(f"file={CHECKPOINT}," in line for line in annotations)
-    assert "title=svdguard nonfinite::" in annotations[0]
+    assert "title=svdguard SG101 nonfinite::" in annotations[0]
     assert lines[-1].startswith("13 matrices:")
 
 
@@ -364,7 +368,10 @@ def test_ctrl_c_exits_130_and_leaves_no_file(
         (["missing.safetensors"], "missing.safetensors"),
         ([str(CHECKPOINT), "--format", "xml"], "xml"),
         ([str(CHECKPOINT), "--fail-on", "sometimes"], "sometimes"),
-        ([str(CHECKPOINT), "--max-cond", "-3"], "max_cond"),
+        ([str(CHECKPOINT), "--max-cond", "-3"], "--max-cond must be above 1"),
+        ([str(CHECKPOINT), "--gap-tol", "2"], "--gap-tol must lie in [0, 1)"),
+        ([str(CHECKPOINT), "--ignore", "SG999"], "--ignore: unknown rule 'SG999'"),
+        ([str(CHECKPOINT), "--select", "bogus"], "--select: unknown rule 'bogus'"),
     ],
 )
 def test_usage_errors_exit_2(args: list[str], message: str) -> None:
@@ -385,7 +392,7 @@ def test_no_color_is_respected() -> None:
     assert ANSI_COLOR.search(colored.stdout)
     plain = run(str(CHECKPOINT), env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
     assert not ANSI_COLOR.search(plain.stdout)
-    assert "degenerate" in plain.stdout
+    assert "tied" in plain.stdout
 
 
 def test_table_report_file_is_plain(tmp_path: Path) -> None:
@@ -451,12 +458,13 @@ def test_corpus_exit_codes(corpus: Path, case: CorpusCase) -> None:
     assert "Traceback" not in talk
     assert case.filename in talk  # the file is named
     if case.filename in SKIPPED_CASES:
-        assert result.exit_code == 0 and "skipped" in talk
+        # Nothing analysed: exit 2, saying why.
+        assert result.exit_code == 2 and "skipped" in talk and "no matrix analysed" in talk
     elif stage in ("expand", "list"):
         assert result.exit_code == 2, talk  # the file cannot be read: an input error
         assert case.message in talk
     elif stage == "load-limit":
-        assert result.exit_code == 0 and "too-large" in talk
+        assert result.exit_code == 2 and "too-large" in talk and "no matrix analysed" in talk
     elif stage == "load":
         assert result.exit_code == 1, talk  # a failed row; counted as an error
         assert case.message in talk and "failed" in talk
@@ -467,16 +475,20 @@ def test_corpus_exit_codes(corpus: Path, case: CorpusCase) -> None:
 
 
 def test_narrow_console_hides_the_least_important_columns() -> None:
-    narrow = run(str(CHECKPOINT), env={"COLUMNS": "100"})
-    wide = run(str(CHECKPOINT), env={"COLUMNS": "250"})
+    terminal = {"TTY_COMPATIBLE": "1", "NO_COLOR": "1"}
+    narrow = run(str(CHECKPOINT), env={"COLUMNS": "100", **terminal})
+    wide = run(str(CHECKPOINT), env={"COLUMNS": "250", **terminal})
     assert narrow.exit_code == wide.exit_code == 1
-    header = next(line for line in narrow.stdout.splitlines() if "matrix" in line)
-    assert "κ₂" in header and "min gap" in header and "flags" in header
-    assert "rank tol" not in header
-    assert "columns hidden to fit 100 characters: rank tol" in narrow.stdout
-    assert "columns hidden" not in wide.stdout
-    assert "rank tol" in next(line for line in wide.stdout.splitlines() if "matrix" in line)
-    assert len(header.rstrip()) <= 100
+    narrow_out, wide_out = ANSI.sub("", narrow.stdout), ANSI.sub("", wide.stdout)
+    header = next(line for line in narrow_out.splitlines() if "matrix" in line)
+    assert "κ₂" in header and "min gap" in header and "findings" in header
+    assert "σ_min" not in header
+    assert "columns hidden to fit 100 characters: σ_min" in narrow_out
+    assert "columns hidden" not in wide_out
+    assert "σ_min" in next(line for line in wide_out.splitlines() if "matrix" in line)
+    assert all(len(line.rstrip()) <= 100 for line in narrow_out.splitlines()[:16])
+    # Flags never wrap: every finding code stays on its row.
+    assert "SG101 nonfinite" in narrow_out
 
 
 def test_piped_table_never_wraps_or_cuts_names(tmp_path: Path) -> None:
@@ -485,7 +497,7 @@ def test_piped_table_never_wraps_or_cuts_names(tmp_path: Path) -> None:
     path = tmp_path / "long.safetensors"
     save_file({key: torch.eye(3)}, str(path))
     result = CliRunner().invoke(app, ["inspect", str(path)], env={"COLUMNS": None})
-    assert result.exit_code == 1  # the identity's tied singular values are an error
+    assert result.exit_code == 0  # ties are info in the health profile
     assert any(key in line for line in result.stdout.splitlines()), result.stdout
 
 
