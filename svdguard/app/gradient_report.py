@@ -722,8 +722,9 @@ def _verdict(
         size = "" if bias is None else f" by {bias:.2g} (relative)"
         if method == "native":
             causes.append(
-                f"torch's backward divides rounding by rounding at {where or 'rounding-level'} "
-                f"values: it differs from the exact backward{size}"
+                f"at {where or 'singular values'} within rounding of each other or of zero "
+                f"torch's backward divides rounding noise by rounding noise: it differs from "
+                f"the exact backward{size}"
             )
         else:
             place = f" of {where}" if where else ""

@@ -210,7 +210,8 @@ def _summary(report: GradientReport, name: str, *, native: bool, shown: int) -> 
     for kind in reversed(VERDICTS):
         if not counts[kind]:
             continue
-        line = f"{name} is {PHRASES[kind]}{_of(counts[kind], count)}"
+        part = "" if count == 1 else f"for {counts[kind]} of {count} matrices, "
+        line = f"{part}{name} is {PHRASES[kind]}"
         which = [
             e for e in ranked(report) if (e.native_verdict if native else e.verdict).kind == kind
         ]
@@ -247,7 +248,7 @@ def verdict_lines(report: GradientReport, shown: int = 3) -> list[str]:
         )
         biases = [e.bias for e in report.elements if e.acting_pairs and e.bias is not None]
         if report.method in ("auto", "trivialize"):
-            line += ", those at rounding level; every other reciprocal is exact."
+            line += " at rounding level; every other reciprocal is exact."
         elif biases:
             line += (
                 f"; its gradient differs from the exact (auto) backward by up to "
