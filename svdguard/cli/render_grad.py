@@ -264,7 +264,7 @@ def verdict_lines(report: GradientReport, shown: int = 3) -> list[str]:
         lines.append(line)
     if any(e.verdict.kind == UNDEFINED for e in report.elements):
         lines.append(
-            "where no derivative exists the value written is one finite choice, not a "
+            "where no derivative exists the value computed is one finite choice, not a "
             "derivative: make the loss gauge invariant (U Vᴴ, U diag(S) Vᴴ, S) and full rank, "
             "or use svdguard.functional."
         )
