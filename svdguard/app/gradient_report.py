@@ -40,7 +40,13 @@ from svdguard.linalg.matrix_input import check_matrix
 from svdguard.linalg.spectrum import condition_number, singular_gaps, tied_pairs
 from svdguard.linalg.spectrum_analysis import dtype_name
 from svdguard.linalg.stabilizer_values import Auto, Trivialize, stabilizer_from_name
-from svdguard.linalg.stabilizers import BackwardContext, Stabilizer, pair_grids, upper_pairs
+from svdguard.linalg.stabilizers import (
+    BackwardContext,
+    Stabilizer,
+    pair_grids,
+    rounding_terms_kept,
+    upper_pairs,
+)
 from svdguard.linalg.svd import METHODS, svd
 from svdguard.tolerances import (
     compute_dtype,
@@ -127,7 +133,8 @@ class ElementFacts:
     stabilized_finite: bool  #: the stabilized gradient has only finite entries
     stabilized_norm: float  #: ‖dL/dA‖_F of the stabilized gradient
     relative_difference: float | None  #: ‖g_stab − g_native‖_F / ‖g_native‖_F (both finite only)
-    tied_values: tuple[int, ...]  #: non-zero singular values (0-based) tied to rounding level
+    #: singular values (0-based) tied to rounding level whose difference term is dropped
+    tied_values: tuple[int, ...]
     gauge_violations: tuple[GaugeViolation, ...]  #: choices the SVD leaves open the loss uses
     trivialized: bool  #: method trivialize zeroed this gradient (κ > max_cond)
     #: ‖g_stab − g_auto‖_F / ‖g_auto‖_F: the method against the exact backward (None for auto)
@@ -137,7 +144,7 @@ class ElementFacts:
 
     @property
     def has_ties(self) -> bool:
-        """Some non-zero singular values are tied to rounding level."""
+        """Some singular values are tied to rounding level and their difference term dropped."""
         return bool(self.tied_values)
 
     @property
@@ -442,12 +449,23 @@ class _Spectrum:
     s: torch.Tensor  #: (..., k) singular values
     tau: torch.Tensor  #: (...) rounding level
     rounding_pairs: torch.Tensor  #: (..., k, k) pairs with a denominator at rounding level
-    tied: torch.Tensor  #: (..., k, k) pairs of non-zero values tied to rounding level
+    tied: torch.Tensor  #: (..., k, k) tied pairs whose difference term is dropped
     noise: torch.Tensor  #: (...) rounding noise of the exact backward, ‖·‖_F (see _noise)
     upstream_finite: torch.Tensor  #: (...) the loss's gradients w.r.t. the factors are finite
 
 
-def _noise(run: _NativeRun, tau: torch.Tensor) -> torch.Tensor:
+def _context(run: _NativeRun) -> BackwardContext | None:
+    """The backward's view of torch's factors and the loss's gradients (None: no gU, gV)."""
+    u, s, vh = run.factors
+    g_u, g_vh = run.grad_u, run.grad_vh
+    if g_u is None and g_vh is None:
+        return None
+    uh_gu = None if g_u is None else u.mH @ g_u
+    vh_gv = None if g_vh is None else vh @ g_vh.mH
+    return BackwardContext(s, u.shape[-2], vh.shape[-1], uh_gu, vh_gv, g_u, g_vh)
+
+
+def _noise(run: _NativeRun, ctx: BackwardContext | None, tau: torch.Tensor) -> torch.Tensor:
     """The rounding noise ‖δg‖_F of the exact backward at these factors, per matrix, float64.
 
     A numerator (J + K)_ij is a sum of dot products of length max(m, n), computed to
@@ -461,18 +479,15 @@ def _noise(run: _NativeRun, tau: torch.Tensor) -> torch.Tensor:
     u, s, vh = run.factors
     m, n, k = u.shape[-2], vh.shape[-1], s.shape[-1]
     total = torch.zeros(s.shape[:-1], dtype=torch.float64)
-    g_u, g_vh = run.grad_u, run.grad_vh
-    if g_u is None and g_vh is None:
+    if ctx is None:
         return total
-    uh_gu = None if g_u is None else u.mH @ g_u
-    vh_gv = None if g_vh is None else vh @ g_vh.mH
-    ctx = BackwardContext(s, m, n, uh_gu, vh_gv, g_u, g_vh)
     s_i, s_j = pair_grids(s)
     d = (s_j - s_i).abs()
     apart = (d > tau[..., None, None]) & upper_pairs(k, s.device)
     pair_noise = tie_tolerance(ctx.summands, s.dtype, m, n) / torch.where(apart, d, 1.0)
     total = total + torch.where(apart, pair_noise, 0.0).square().sum((-2, -1)).double()
     above = s > tau[..., None]
+    g_u, g_vh = run.grad_u, run.grad_vh
     for raw, long_side in ((g_u, m), (None if g_vh is None else g_vh.mH, n)):
         if raw is not None and long_side > k:
             norms = torch.linalg.vector_norm(raw, dim=-2)
@@ -482,12 +497,26 @@ def _noise(run: _NativeRun, tau: torch.Tensor) -> torch.Tensor:
 
 
 def _spectrum(run: _NativeRun) -> _Spectrum:
+    """The spectrum facts; ``tied``: pairs at rounding level whose difference term is dropped.
+
+    In a tie of non-zero values the exact backward drops (J + K)_ij/(2 d_ij) (its
+    numerator is rounding); among zero singular values it keeps the term when the
+    numerator vanishes with d_ij ≠ 0 (the rounding rule) and drops it at d_ij = 0.
+    Where it is dropped, a loss with an in-block part (docs/backward.md) loses it.
+    """
     u, s, vh = run.factors
     m, n = u.shape[-2], vh.shape[-1]
     tau = tie_tolerance(s[..., 0], s.dtype, m, n)
     s_i, s_j = pair_grids(s)
-    nonzero = torch.minimum(s_i, s_j) > tau[..., None, None]
     ties = tied_pairs(s, tau)
+    ctx = _context(run)
+    if ctx is None:  # no difference part: only ties of non-zero values matter (for S alone)
+        tied = ties & (torch.minimum(s_i, s_j) > tau[..., None, None])
+    else:
+        jk_sum, _ = ctx.split
+        d2 = (s_j - s_i) * 2
+        kept = rounding_terms_kept(jk_sum, ctx.summands, d2, ctx.sigma_max, ctx.upstream_scale)
+        tied = ties & ~kept
     upstream_finite = torch.ones(s.shape[:-1], dtype=torch.bool)
     for g in (run.grad_u, run.grad_vh):
         if g is not None:
@@ -496,8 +525,8 @@ def _spectrum(run: _NativeRun) -> _Spectrum:
         s=s,
         tau=tau,
         rounding_pairs=Auto().acting_pairs(s, m, n),
-        tied=ties & nonzero,
-        noise=_noise(run, tau),
+        tied=tied,
+        noise=_noise(run, ctx, tau),
         upstream_finite=upstream_finite,
     )
 

@@ -143,3 +143,17 @@ def test_value_runs_are_one_based():
     assert value_runs([1, 2]) == "s2..s3"
     assert value_runs([0, 1, 3]) == "s1..s2, s4"
     assert value_runs([]) == ""
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exactly_zero_tied_values_lose_the_in_block_part_and_say_so(dtype):
+    """diag(1, 0, 0): s2 = s3 = 0 exactly, so d_23 = 0 and the term is dropped; the gradient
+    of ⟨W, A⟩ is W, and the reported verdict is not ✓."""
+    a = torch.diag(torch.tensor([1.0, 0.0, 0.0], dtype=dtype))
+    probe = make_probe("reconstruct", a.shape, dtype=dtype)
+    result = compare_gradients(a, probe)
+    (facts,) = result.report.elements
+    assert relative_error(result.gradient.double(), probe.weights[0].double()) > (
+        exactness_tolerance(dtype)
+    )
+    assert facts.verdict.kind == BIASED and facts.verdict.where == "tie s2..s3"
