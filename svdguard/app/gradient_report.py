@@ -9,11 +9,24 @@ matrix or batch ``(..., m, n)``:
 * *stabilized*: :func:`svdguard.linalg.svd.svd` with the requested method.
 
 Per batch element it records κ₂, the smallest relative singular-value gap
-(min_i gap_i / σ_max, gap_i as LAPACK's xDISNA defines it), how many pairs the
-method's stabilizer acts on, whether each gradient is finite and its Frobenius
-norm, their relative difference, and the gauge check (``docs/backward.md``): inside a block
-of tied singular values a loss that depends on the basis the SVD picked has no
-gradient, whatever the backward does.
+(min_i gap_i / σ_max, gap_i as LAPACK's xDISNA defines it), the pairs the
+method's stabilizer changes (its ``acting_pairs``), each gradient's finiteness
+and Frobenius norm, their relative difference, and a :class:`Verdict` for each
+gradient, mildest first:
+
+* ``derivative`` — finite, and the derivative of the loss;
+* ``unverified`` — finite; at a tie the in-block part of the gradient is not in
+  the factors (docs/backward.md) and the loss behind saved upstream gradients is
+  unknown: the derivative for losses of U Vᴴ and S only;
+* ``biased`` — a derivative exists and this is not it: the stabilizer changed
+  kernel entries whose numerators carry signal (measured against the exact
+  ``auto`` backward, beyond its rounding noise), trivialize zeroed the matrix,
+  torch divided rounding by rounding, or a tie dropped a loss's in-block part;
+* ``undefined`` — the loss depends on the basis inside tied singular values or
+  on the singular vectors of zero ones (docs/backward.md, gauge freedom): no
+  derivative exists, whatever the backward does;
+* ``nonfinite`` — NaN/Inf, with its cause (NaN/Inf input, torch's division by a
+  zero gap or a zero singular value, an overflow).
 
 The stabilized gradient is exactly what ``svd(A, method=...)`` followed by the
 objective and ``torch.autograd.grad`` gives: the CLI's output can be reproduced

@@ -105,7 +105,8 @@ def computed(report: GradientReport) -> str:
     parts = [f"{count} {kind}" for kind, count in counts.items() if count]
     of = "" if report.count == 1 else f" ({', '.join(parts)} of {report.count} matrices)"
     if counts["derivative"] == report.count:
-        return f"the {report.method} gradient is the derivative of the loss{of}"
+        every = "" if report.count == 1 else f" (all {report.count} matrices)"
+        return f"the {report.method} gradient is the derivative of the loss{every}"
     return f"the {report.method} gradient is finite{of or ' (' + parts[0] + ')'}; see above"
 
 

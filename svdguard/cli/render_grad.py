@@ -211,6 +211,8 @@ def _summary(report: GradientReport, name: str, *, native: bool, shown: int) -> 
         if not counts[kind]:
             continue
         part = "" if count == 1 else f"for {counts[kind]} of {count} matrices, "
+        if count > 1 and counts[kind] == count:
+            part = f"for all {count} matrices, "
         line = f"{part}{name} is {PHRASES[kind]}"
         which = [
             e for e in ranked(report) if (e.native_verdict if native else e.verdict).kind == kind
