@@ -14,6 +14,12 @@ drawn from a seed so that a run can be reproduced exactly::
 ⟨X, Y⟩ = Re Σ conj(X) ∘ Y is the real inner product (the plain sum of products
 for real tensors), so ∂L/∂Y = X in torch's convention for real and complex Y.
 
+At tied singular values no SVD backward sees the symmetric in-block part of the
+gradient (docs/backward.md): it is zero for losses of U Vᴴ and S (polar,
+values), so their stabilized gradient is the derivative there; it is not zero
+for ⟨W, U diag(S) Vᴴ⟩ (reconstruct). ``exact_at_ties`` records which; for saved
+upstream gradients the loss behind them is unknown (None).
+
 Weights are drawn in float64 from ``torch.Generator().manual_seed(seed)`` and then
 cast to the dtype of the factors, so float32 and float64 runs use the same W up to
 rounding, on every platform. Torch only: the CLI and the tests build the same
@@ -25,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -89,6 +96,11 @@ class Probe:
             return inner(w_u, u) + inner(w_vh, vh)  # ⟨W, U⟩ + ⟨W', Vh⟩
         return s.sum()  # values: Σ S
 
+    @property
+    def exact_at_ties(self) -> bool:
+        """The in-block part at a tie is zero: polar (J + K ≡ 0) and values (no gU, gV)."""
+        return self.name in ("polar", "values")
+
     def describe(self) -> str:
         """One line for reports: ``probe polar (seed 0)``."""
         return f"probe {self.name} (seed {self.seed})"
@@ -152,6 +164,9 @@ class Upstream:
             if grad is not None:
                 total = total + inner(grad.to(factor.dtype), factor)
         return total
+
+    #: The loss behind saved gradients is unknown: its in-block part at a tie may not vanish.
+    exact_at_ties: ClassVar[bool | None] = None
 
     def names(self) -> tuple[str, ...]:
         """The factors that have an upstream gradient, e.g. ``("U", "Vh")``."""

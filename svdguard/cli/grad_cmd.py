@@ -6,6 +6,7 @@ imported when the command runs, not when ``--help`` is printed.
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,7 +19,17 @@ from svdguard.cli.error_boundary import guarded, say
 if TYPE_CHECKING:
     from svdguard.app.gradient_report import GradientReport
 
-__all__ = ["EPILOG", "METHODS", "LOSSES", "FailOn", "OutputFormat", "failures", "run"]
+__all__ = [
+    "DEFAULT_FAIL_ON",
+    "EPILOG",
+    "LOSSES",
+    "METHODS",
+    "FailOn",
+    "OutputFormat",
+    "computed",
+    "failures",
+    "run",
+]
 
 #: ``svdguard.METHODS`` and ``svdguard.app.probes.LOSSES``, spelt out so that ``--help``
 #: needs no torch; a test keeps them equal to the library's lists.
@@ -32,8 +43,17 @@ LossChoice = Enum("LossChoice", {name: name for name in LOSSES}, type=str)  # ty
 
 
 class FailOn(str, Enum):
+    undefined = "undefined"
+    biased = "biased"
+    unverified = "unverified"
     native_nonfinite = "native-nonfinite"
-    gauge = "gauge"
+    none = "none"
+
+
+#: What fails the run when --fail-on is not given.
+DEFAULT_FAIL_ON = (FailOn.undefined,)
+#: Rows of the table before a batch is cut to its worst rows.
+DEFAULT_TOP = 20
 
 
 class OutputFormat(str, Enum):
@@ -42,38 +62,75 @@ class OutputFormat(str, Enum):
 
 
 EPILOG = (
-    "Exit codes: 0 the stabilized gradient is finite; 1 it is not (e.g. NaN input), or a "
-    "--fail-on condition holds; 2 usage or input error; 3 internal error; 130 interrupted."
+    "Exit codes: 0 the gradient is finite and nothing named by --fail-on holds (the last "
+    "line says what was computed); 1 the gradient is not finite, or a --fail-on condition "
+    "holds (default: undefined); 2 usage or input error; 3 internal error; 130 interrupted."
 )
 
 
 def failures(report: GradientReport, fail_on: list[FailOn]) -> list[str]:
     """Why the command exits 1 (empty: exit 0)."""
     reasons = []
-    of = f" of {report.count}"
-    if report.stabilized_nonfinite:
+    of = "" if report.count == 1 else f" of {report.count} matrices"
+    counts = report.verdict_counts()
+    if counts["nonfinite"]:
         reasons.append(
-            f"the stabilized gradient is not finite for {report.stabilized_nonfinite}{of} matrices"
+            f"the {report.method} gradient is not finite"
+            + (f" for {counts['nonfinite']}{of}" if of else "")
         )
+    for flag, kind, what in (
+        (FailOn.undefined, "undefined", "the loss has no derivative"),
+        (FailOn.biased, "biased", f"the {report.method} gradient is biased"),
+        (
+            FailOn.unverified,
+            "unverified",
+            f"the {report.method} gradient is the derivative only for some losses",
+        ),
+    ):
+        if flag in fail_on and counts[kind]:
+            reasons.append(
+                f"--fail-on {flag.value}: {what}" + (f" for {counts[kind]}{of}" if of else "")
+            )
     if FailOn.native_nonfinite in fail_on and report.native_nonfinite:
         reasons.append(
-            "--fail-on native-nonfinite: torch's gradient is not finite for "
-            f"{report.native_nonfinite}{of} matrices"
-        )
-    if FailOn.gauge in fail_on and report.gauge_dependent:
-        reasons.append(
-            f"--fail-on gauge: the loss is gauge dependent for {report.gauge_dependent}{of} "
-            "matrices"
+            "--fail-on native-nonfinite: torch's gradient is not finite"
+            + (f" for {report.native_nonfinite}{of}" if of else "")
         )
     return reasons
+
+
+def computed(report: GradientReport) -> str:
+    """The exit-0 line: what the written gradient is, per verdict."""
+    counts = report.verdict_counts()
+    parts = [f"{count} {kind}" for kind, count in counts.items() if count]
+    of = "" if report.count == 1 else f" ({', '.join(parts)} of {report.count} matrices)"
+    if counts["derivative"] == report.count:
+        every = "" if report.count == 1 else f" (all {report.count} matrices)"
+        return f"the {report.method} gradient is the derivative of the loss{every}"
+    return f"the {report.method} gradient is finite{of or ' (' + parts[0] + ')'}; see above"
+
+
+def _positive_finite(value: float | None) -> float | None:
+    """--eps: a positive finite number (inf or NaN would make the method a different one)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a positive finite number, got {value}")
+    return value
 
 
 @guarded
 def run(
     ctx: typer.Context,
     path: Annotated[
-        Path, typer.Argument(help="Matrix or batch (..., m, n): .npy, .npz, .safetensors.")
+        Path,
+        typer.Argument(
+            help="A matrix (.npy, .npz, .safetensors). A tensor with 3 or more dimensions is "
+            "the matrix shape[0] × ∏shape[1:] (as inspect reads it), unless --batch."
+        ),
     ],
+    batch: Annotated[
+        bool,
+        typer.Option("--batch", help="Treat the leading dimensions as a batch of (m, n) matrices."),
+    ] = False,
     key: Annotated[
         str | None, typer.Option("--key", help="Tensor name inside an .npz/.safetensors file.")
     ] = None,
@@ -109,7 +166,10 @@ def run(
     eps: Annotated[
         float | None,
         typer.Option(
-            "--eps", help="clamp: floor of |s_i − s_j|; lorentz: broadening (units of s²)."
+            "--eps",
+            help="clamp, seed: floor of |s_i − s_j|; lorentz: broadening (units of s²). "
+            "A positive finite number.",
+            callback=_positive_finite,
         ),
     ] = None,
     degree: Annotated[
@@ -132,6 +192,14 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing --output file.")
     ] = False,
+    top: Annotated[
+        int,
+        typer.Option(
+            "--top",
+            min=1,
+            help="A batch of more matrices shows totals and only the N worst rows.",
+        ),
+    ] = DEFAULT_TOP,
     output_format: Annotated[
         OutputFormat, typer.Option("--format", help="Data on stdout: a Rich table or JSON.")
     ] = OutputFormat.table,
@@ -139,9 +207,13 @@ def run(
         list[FailOn] | None,
         typer.Option(
             "--fail-on",
-            metavar="native-nonfinite|gauge",
-            help="Also exit 1 when this holds: native-nonfinite (torch's gradient has NaN/inf), "
-            "gauge (the loss depends on the basis inside tied singular values). Repeatable.",
+            metavar="undefined|biased|unverified|native-nonfinite|none",
+            help="Exit 1 when this holds: undefined (the loss has no derivative: it depends on "
+            "the basis inside tied singular values or on null-space vectors), biased (the "
+            "stabilizer changed the result, or a tie hides the in-block part), unverified (a "
+            "tie with --upstream: the derivative only for losses of U Vᴴ and S), "
+            "native-nonfinite (torch's gradient has NaN/inf), none. Repeatable. A gradient "
+            "that is not finite always exits 1. [default: undefined]",
         ),
     ] = None,
 ) -> None:
@@ -153,10 +225,11 @@ def run(
     """
     from svdguard.app.gradient_report import compare_gradients, resolve_method
     from svdguard.app.probes import Probe, Upstream, make_probe, upstream_from_tensors
-    from svdguard.cli.render_grad import print_table, to_json, verdict_lines
+    from svdguard.cli.render_grad import print_table, shape_text, to_json, verdict_lines
     from svdguard.errors import IllDefinedGradientError, InputError
     from svdguard.io import find_record, read_tensors, write_tensor
     from svdguard.linalg.matrix_input import check_matrix
+    from svdguard.linalg.spectrum_analysis import as_matrix
     from svdguard.tolerances import compute_dtype
 
     method_name = resolve_method(None if method is None else method.value, eps)
@@ -166,8 +239,11 @@ def run(
         )
 
     record = find_record(path, key)
-    matrix = record.load()
-    check_matrix(matrix, path=str(path), key=record.key or None)
+    stored = record.load()
+    check_matrix(stored, path=str(path), key=record.key or None)
+    # inspect's view: a tensor of 3 or more dimensions is the matrix shape[0] × ∏shape[1:]
+    # (a conv kernel's output channels against its receptive field), unless --batch.
+    matrix = stored if batch else as_matrix(stored)
     objective: Probe | Upstream
     if upstream is not None:
         objective = upstream_from_tensors(read_tensors(upstream), matrix.shape, path=upstream)
@@ -180,7 +256,13 @@ def run(
         )
     try:
         comparison = compare_gradients(
-            matrix, objective, method=method_name, eps=eps, degree=degree, max_cond=max_cond
+            matrix,
+            objective,
+            method=method_name,
+            eps=eps,
+            degree=degree,
+            max_cond=max_cond,
+            stored_shape=tuple(stored.shape),
         )
     except IllDefinedGradientError as err:
         if upstream is not None:
@@ -191,14 +273,24 @@ def run(
             key=record.key or None,
         ) from None
     report = comparison.report
+    gradient = comparison.gradient.reshape(stored.shape)
 
     written = None
     if output is not None:
         inputs = [record.path, path] if upstream is None else [record.path, path, upstream]
         # Under the input's own name, so the gradient file mirrors the input file.
         written = write_tensor(
-            output, comparison.gradient, key=record.key or "grad", force=force, inputs=inputs
+            output, gradient, key=record.key or "grad", force=force, inputs=inputs
         )
+
+    chosen = list(DEFAULT_FAIL_ON) if not fail_on else fail_on
+    reasons = failures(report, chosen)
+    code = exit_codes.FINDINGS if reasons else exit_codes.OK
+    notes = verdict_lines(report)
+    if written is not None:
+        stored_text = "×".join(map(str, stored.shape))
+        notes.append(f"wrote dL/dA ({stored_text} {report.dtype}) to {written}")
+    notes.append(f"exit {code}: " + ("; ".join(reasons) if reasons else computed(report)))
 
     source = f"{path.name}[{record.key}]" if record.key else path.name
     if output_format is OutputFormat.json:
@@ -209,17 +301,17 @@ def run(
                 key=record.key or None,
                 upstream=None if upstream is None else str(upstream),
                 output=None if written is None else str(written),
+                view=shape_text(report),
+                fail_on=[flag.value for flag in chosen],
+                exit_code=code,
+                reasons=reasons,
+                notes=notes,
             ),
             end="",
         )
     else:
-        print_table(report, source)
-    for line in verdict_lines(report):
+        print_table(report, source, top)
+    for line in notes:
         say(line)
-    if written is not None:
-        say(f"wrote dL/dA ({'×'.join(map(str, report.shape))} {report.dtype}) to {written}")
-
-    reasons = failures(report, fail_on or [])
     if reasons:
-        say("exit 1: " + "; ".join(reasons))
         raise typer.Exit(exit_codes.FINDINGS)

@@ -1,4 +1,11 @@
-"""Rendering of a :class:`~svdguard.app.gradient_report.GradientReport`: Rich table or JSON, verdict."""
+"""Rendering of a :class:`~svdguard.app.gradient_report.GradientReport`: Rich table, JSON, talk.
+
+Marks (legend under the table): ✓ the derivative; ≈ finite but biased (a derivative
+exists and this is not it); ? finite, the derivative only for some losses (a tie
+with saved upstream gradients); ∄ finite, but no derivative exists; ✗ not finite.
+Singular values are labelled 1-based, like the mathematics (``s2..s3``); batch
+positions 0-based, like numpy.
+"""
 
 from __future__ import annotations
 
@@ -9,39 +16,83 @@ from rich.text import Text
 
 from svdguard.app.formatting import format_number as number
 from svdguard.app.formatting import to_json as encode_json
-from svdguard.app.gradient_report import ElementFacts, GradientReport
+from svdguard.app.gradient_report import (
+    BIASED,
+    DERIVATIVE,
+    NONFINITE,
+    UNDEFINED,
+    UNVERIFIED,
+    VERDICTS,
+    ElementFacts,
+    GradientReport,
+    Verdict,
+)
 from svdguard.cli.console import make_console
 
-__all__ = ["LEGEND", "build_table", "print_table", "to_json", "verdict_lines"]
+__all__ = [
+    "LEGEND",
+    "MARKS",
+    "build_table",
+    "print_table",
+    "ranked",
+    "shape_text",
+    "to_json",
+    "verdict_lines",
+]
+
+#: The mark of each verdict, and its colour.
+MARKS = {
+    DERIVATIVE: ("✓", "green"),
+    UNVERIFIED: ("?", "yellow"),
+    BIASED: ("≈", "yellow"),
+    UNDEFINED: ("∄", "bold yellow"),
+    NONFINITE: ("✗", "bold red"),
+}
+
+#: How a verdict reads in a sentence: "the auto gradient is ...".
+PHRASES = {
+    DERIVATIVE: "the derivative of the loss",
+    UNVERIFIED: "finite, and the derivative only if the loss is a function of U Vᴴ and S",
+    BIASED: "finite but biased: the loss has a derivative here and this is not it",
+    UNDEFINED: "finite, but the loss has no derivative here",
+    NONFINITE: "not finite",
+}
 
 LEGEND = (
-    "κ₂ = σ_max/σ_min · min gap = min_i gap_i / σ_max (xDISNA) · guarded = pairs i<j whose "
-    "kernel the method changes · torch, {method} = the gradient of each backward: ✓ finite or "
-    "✗ not, and ‖∂L/∂A‖_F · rel diff = "
-    "‖g − g_torch‖_F / ‖g_torch‖_F · gauge = does the loss depend on the basis chosen inside "
-    "tied singular values s_i..s_j?"
+    "κ₂ = σ_max/σ_min · min gap = min_i gap_i / σ_max (xDISNA) · acting = pairs i<j whose "
+    "kernel {method} changed · torch, {method} = ‖∂L/∂A‖_F of each backward, marked ✓ the "
+    "derivative, ≈ biased, ? derivative only for some losses, ∄ no derivative exists, ✗ not "
+    "finite · rel diff = ‖g − g_torch‖_F / ‖g_torch‖_F · singular values s1 ≥ s2 ≥ …"
 )
 
 
-def _gradient_cell(finite: bool, norm: float | None, error: str | None = None) -> Text:
+def shape_text(report: GradientReport) -> str:
+    """``4×4``; ``64×576 ← 64×64×3×3`` for a viewed tensor; ``4×3, batch 40`` for a batch."""
+    *batch, m, n = report.shape
+    text = f"{m}×{n}"
+    if batch:
+        text += f", batch {'×'.join(map(str, batch))}"
+    if report.stored_shape is not None and tuple(report.stored_shape) != tuple(report.shape):
+        text += f" ← {'×'.join(map(str, report.stored_shape))}"
+    return text
+
+
+def _gradient_cell(verdict: Verdict, norm: float | None, raised: bool = False) -> Text:
+    mark, style = MARKS[verdict.kind]
     if norm is None:
-        return Text("✗ raised" if error else "—", style="red")
-    if finite:
-        return Text(f"✓ {number(norm)}", style="green")
-    return Text(f"✗ {number(norm)}", style="bold red")
+        return Text(f"{mark} raised" if raised else "—", style=style)
+    return Text(f"{mark} {number(norm)}", style=style)
 
 
-def _gauge_cell(element: ElementFacts) -> Text:
-    if not element.input_finite:
-        return Text("—")
-    if element.gauge_violations:
-        blocks = ", ".join(f"s{v.indices[0]}..s{v.indices[-1]}" for v in element.gauge_violations)
-        return Text(f"DEPENDS {blocks}", style="bold yellow")
-    return Text("invariant" if element.has_ties else "no ties", style="green")
+def _short_verdict(element: ElementFacts) -> Text:
+    """The method's verdict in a few words, with the singular values it is about."""
+    verdict = element.verdict
+    _, style = MARKS[verdict.kind]
+    words = "not finite" if verdict.kind == NONFINITE else verdict.kind
+    return Text(words + (f" {verdict.where}" if verdict.where else ""), style=style)
 
 
 def _title(report: GradientReport, source: str) -> str:
-    shape = "×".join(str(d) for d in report.shape)
     params = [
         f"{name} {value:g}"
         for name, value in (
@@ -52,64 +103,94 @@ def _title(report: GradientReport, source: str) -> str:
         if value is not None
     ]
     method = report.method + (f" ({', '.join(params)})" if params else "")
-    return f"{source}: {shape} {report.dtype} · method {method} · {report.objective}"
+    return f"{source}: {shape_text(report)} {report.dtype} · method {method} · {report.objective}"
 
 
-def build_table(report: GradientReport) -> Table:
-    """One row per matrix of the batch, plus a totals row for a batch."""
-    batched = len(report.shape) > 2
+def ranked(report: GradientReport) -> list[ElementFacts]:
+    """The elements worst first: the method's verdict, then torch's, then κ₂ (stable)."""
+
+    def key(e: ElementFacts) -> tuple[int, int, float]:
+        kappa = e.condition_number if e.condition_number == e.condition_number else float("inf")
+        return (-e.verdict.severity, -e.native_verdict.severity, -kappa)
+
+    return sorted(report.elements, key=key)
+
+
+def _counts(report: GradientReport, *, native: bool = False) -> str:
+    counts = report.verdict_counts(native=native)
+    return " ".join(
+        f"{counts[kind]}{MARKS[kind][0]}" for kind in reversed(VERDICTS) if counts[kind]
+    )
+
+
+def build_table(report: GradientReport, top: int | None = None) -> Table:
+    """One row per matrix; for a batch a totals row, and only the ``top`` worst rows if more."""
+    batched = report.batched
     table = Table()
     if batched:
         table.add_column("matrix", no_wrap=True)
     table.add_column("κ₂", justify="right")
     table.add_column("min gap", justify="right")
-    table.add_column("guarded", justify="right")
+    table.add_column("acting", justify="right")
     table.add_column("torch", justify="right", no_wrap=True)
     table.add_column(report.method, justify="right", no_wrap=True)
     table.add_column("rel diff", justify="right", no_wrap=True)
-    table.add_column("gauge", no_wrap=True)
-    for element in report.elements:
+    table.add_column("verdict", no_wrap=True)
+    rows = report.elements
+    hidden = 0
+    if top is not None and report.count > top:
+        rows = tuple(ranked(report)[:top])
+        hidden = report.count - top
+    for element in rows:
         cells: list[str | Text] = [str(list(element.index))] if batched else []
         if element.input_finite:
             cells += [
                 number(element.condition_number),
                 number(element.min_relative_gap),
-                str(element.guarded_pairs) + (" (zeroed)" if element.trivialized else ""),
+                str(element.guarded_pairs),
             ]
         else:
             cells += [Text("NaN/Inf", style="bold red"), "—", "—"]  # not decomposed
         cells += [
-            _gradient_cell(element.native_finite, element.native_norm, report.native_error),
-            _gradient_cell(element.stabilized_finite, element.stabilized_norm),
+            _gradient_cell(
+                element.native_verdict, element.native_norm, report.native_error is not None
+            ),
+            _gradient_cell(element.verdict, element.stabilized_norm),
             number(element.relative_difference),
-            _gauge_cell(element),
+            _short_verdict(element),
         ]
         table.add_row(*cells)
     if batched:
         table.add_section()
+        if hidden:
+            table.add_row(f"… {hidden} more", *([""] * 7))
         table.add_row(
             f"all {report.count}",
             "",
             "",
             str(report.total_guarded_pairs),
-            f"{report.native_nonfinite} non-finite",
-            f"{report.stabilized_nonfinite} non-finite",
+            _counts(report, native=True),
+            _counts(report),
             "",
-            f"{report.gauge_dependent} dependent",
+            ", ".join(
+                f"{count} {kind}"
+                for kind, count in reversed(report.verdict_counts().items())
+                if count
+            ),
         )
     return table
 
 
-def print_table(report: GradientReport, source: str) -> None:
+def print_table(report: GradientReport, source: str, top: int | None = None) -> None:
     """The table on stdout (:func:`svdguard.cli.console.make_console`'s width and colour policy)."""
     console = make_console()
     console.print(Text(_title(report, source), style="bold"))
-    console.print(build_table(report))
+    console.print(build_table(report, top))
     console.print(Text(LEGEND.format(method=report.method), style="dim"))
 
 
 def to_json(report: GradientReport, **context: Any) -> str:
-    """The report as JSON (``context``, e.g. input and output paths, first)."""
+    """The report as JSON (``context``, e.g. paths, notes and the exit code, first)."""
     return encode_json({**context, **report.to_dict()})
 
 
@@ -117,63 +198,82 @@ def _of(part: int, count: int) -> str:
     return "" if count == 1 else f" for {part} of {count} matrices"
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
+def _where(element: ElementFacts, count: int) -> str:
+    return f"{list(element.index)}: " if count > 1 else ""
 
 
-def verdict_lines(report: GradientReport) -> list[str]:
-    """How to read the result, one sentence per finding (for stderr)."""
+def _summary(report: GradientReport, name: str, *, native: bool, shown: int) -> list[str]:
+    """What one backward computed: one sentence per verdict kind, causes of the worst."""
     count = report.count
+    counts = report.verdict_counts(native=native)
+    lines = []
+    for kind in reversed(VERDICTS):
+        if not counts[kind]:
+            continue
+        part = "" if count == 1 else f"for {counts[kind]} of {count} matrices, "
+        if count > 1 and counts[kind] == count:
+            part = f"for all {count} matrices, "
+        line = f"{part}{name} is {PHRASES[kind]}"
+        which = [
+            e for e in ranked(report) if (e.native_verdict if native else e.verdict).kind == kind
+        ]
+        causes = [
+            _where(e, count) + "; ".join((e.native_verdict if native else e.verdict).causes)
+            for e in which[:shown]
+            if (e.native_verdict if native else e.verdict).causes
+        ]
+        if len(causes) == 1 and count == 1:
+            lines.append(f"{line}: {causes[0]}.")
+            continue
+        lines.append(line + ("." if not causes else ":"))
+        lines.extend(f"  {cause}" for cause in causes)
+        if len(which) > shown and causes:
+            lines.append(f"  … and {len(which) - shown} more (--format json lists every one)")
+    return lines
+
+
+def verdict_lines(report: GradientReport, shown: int = 3) -> list[str]:
+    """How to read the result, one sentence per finding (for stderr); ``shown`` causes per kind."""
     lines = []
     if report.native_error:
         lines.append(f"torch's backward raised: {report.native_error}")
-    elif report.native_nonfinite:
-        lines.append(
-            f"torch's gradient is not finite{_of(report.native_nonfinite, count)}: it divides "
-            "by s_j² − s_i², which is 0 at tied singular values (and by s_i at zero ones)."
-        )
-    if report.total_guarded_pairs:
-        ties = sum(e.has_ties for e in report.elements)
-        tied = f" ({ties} of {count} matrices have tied singular values)" if count > 1 else ""
-        pairs = _plural(report.total_guarded_pairs, "pair")
-        lines.append(
-            f"the {report.method} backward changed the kernel of {pairs} of close singular "
-            f"values{tied}."
-        )
-        differences = [
-            e.relative_difference
-            for e in report.elements
-            if e.guarded_pairs and e.relative_difference is not None
-        ]
-        if differences:
-            lines.append(
-                f"where it did, torch's gradient is finite but differs from it by up to "
-                f"{number(max(differences))} (relative): at a gap near rounding level torch "
-                "divides rounding noise by rounding noise; for clamp, lorentz and taylor part of "
-                "the difference is the stabilizer's own bias."
-            )
-    tied_count = sum(e.has_ties for e in report.elements)
-    if tied_count:
-        lines.append(
-            f"at tied singular values{_of(tied_count, count)} no SVD backward can recover the "
-            "symmetric in-block part of the gradient (it is not in U, S, V and their upstream "
-            "gradients): the auto backward is exact there for losses of U Vᴴ or S, not for "
-            "e.g. U diag(S) Vᴴ; svdguard.functional has exact gradients of such functions."
-            + ("" if report.method in ("auto", "trivialize") else " Compare with --method auto.")
-        )
-    if report.stabilized_nonfinite:
-        lines.append(
-            f"the {report.method} gradient is not finite{_of(report.stabilized_nonfinite, count)} "
-            "(NaN/Inf input, or an overflow); do not apply it."
-        )
     else:
-        lines.append(f"the {report.method} gradient is finite.")
-    if report.gauge_dependent:
+        lines += _summary(report, "torch's gradient", native=True, shown=shown)
+    if report.method != "native":
+        lines += _summary(report, f"the {report.method} gradient", native=False, shown=shown)
+    if report.total_guarded_pairs:
+        acting = sum(bool(e.acting_pairs) for e in report.elements)
+        pairs = report.total_guarded_pairs
+        line = (
+            f"the {report.method} backward changed the kernel of {pairs} "
+            f"pair{'s' if pairs != 1 else ''}{_of(acting, report.count)}"
+        )
+        biases = [e.bias for e in report.elements if e.acting_pairs and e.bias is not None]
+        if report.method in ("auto", "trivialize"):
+            line += " at rounding level; every other reciprocal is exact."
+        elif biases:
+            line += (
+                f"; its gradient differs from the exact (auto) backward by up to "
+                f"{number(max(biases))} (relative)"
+                + (
+                    ", which is rounding."
+                    if not any(e.verdict.kind == BIASED for e in report.elements)
+                    else "."
+                )
+            )
+        else:
+            line += "."
+        lines.append(line)
+    if any(e.verdict.kind == UNDEFINED for e in report.elements):
         lines.append(
-            f"the loss depends on the basis the SVD picked inside tied singular values"
-            f"{_of(report.gauge_dependent, count)}: it has no gradient there, and the stabilized "
-            "value is one finite choice, not a derivative. Make the loss gauge invariant "
-            "(U Vᴴ, U diag(S) Vᴴ, S) or use svdguard.functional."
+            "where no derivative exists the value computed is one finite choice, not a "
+            "derivative: make the loss gauge invariant (U Vᴴ, U diag(S) Vᴴ, S) and full rank, "
+            "or use svdguard.functional."
+        )
+    if any(e.has_ties and e.verdict.kind == BIASED for e in report.elements):
+        lines.append(
+            "at tied singular values no SVD backward sees the symmetric in-block part of the "
+            "gradient; svdguard.functional has exact gradients of U f(S) Vᴴ."
         )
     lines.extend(report.notes)
     return lines

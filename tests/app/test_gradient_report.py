@@ -169,13 +169,17 @@ def test_nan_element_is_reported_and_the_others_are_untouched():
         expected = library_gradient(a[b], single)
         assert relative_error(result.gradient[b], expected) <= exactness_tolerance(torch.float64)
         assert report.elements[b].stabilized_finite and report.elements[b].native_finite
+    verdicts = {"derivative": 2, "unverified": 0, "biased": 0, "undefined": 0, "nonfinite": 1}
     assert report.to_dict()["totals"] == {
         "elements": 3,
         "native_nonfinite": 1,
         "stabilized_nonfinite": 1,
         "gauge_dependent": 0,
-        "guarded_pairs": 0,
+        "acting_pairs": 0,
+        "verdicts": verdicts,
+        "native_verdicts": verdicts,
     }
+    assert "NaN/Inf entries" in report.elements[1].verdict.causes[0]
 
 
 def test_trivialize_zeroes_and_flags_ill_conditioned_elements():

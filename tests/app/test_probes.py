@@ -152,3 +152,14 @@ def test_upstream_validation_names_file_key_and_expected_shape():
         upstream_from_tensors({"V": torch.zeros(3, 3)}, (4, 3), path="up.npz")
     with pytest.raises(InputError, match="up.npz: no upstream gradients"):
         upstream_from_tensors({}, (4, 3), path="up.npz")
+
+
+def test_exact_at_ties_says_whether_the_in_block_part_vanishes():
+    """polar: J + K ≡ 0; values: no gU, gV; reconstruct: J + K = (B + Bᵀ)(s_j − s_i) ≠ 0 off ties."""
+    assert {name: make_probe(name, (3, 3)).exact_at_ties for name in LOSSES} == {
+        "polar": True,
+        "reconstruct": False,
+        "vectors": False,
+        "values": True,
+    }
+    assert upstream_from_tensors({"S": torch.ones(3)}, (3, 3)).exact_at_ties is None

@@ -82,8 +82,7 @@ def test_eps_reproduces_clamp_and_reports_native_nan(identity: Path, tmp_path: P
     row = next(line for line in result.stdout.splitlines() if "✗" in line or "✓" in line)
     assert "✗ NaN" in row and "✓" in row  # torch's gradient NaN, the clamp one finite
     assert "torch's gradient is not finite" in result.stderr
-    assert "no SVD backward can recover the symmetric in-block part" in result.stderr
-    assert "Compare with --method auto." in result.stderr  # clamp gives 0 here, auto (W − Wᵀ)/2
+    assert "exit 0: the clamp gradient is the derivative of the loss" in result.stderr
     assert f"wrote dL/dA (4×4 float64) to {out}" in result.stderr
 
 
@@ -95,7 +94,7 @@ def test_every_format_round_trips_shape_dtype_and_values(tmp_path: Path, suffix:
     source = save(tmp_path / f"a{suffix}", a)
     out = tmp_path / f"g{suffix}"
     key = [] if suffix == ".npy" else ["--key", "w"]
-    result = invoke(source, *key, "--loss", "reconstruct", "--seed", "3", "-o", out)
+    result = invoke(source, *key, "--batch", "--loss", "reconstruct", "--seed", "3", "-o", out)
     assert result.exit_code == exit_codes.OK, result.output
     written = load(out)
     assert written.shape == a.shape and written.dtype == dtype
@@ -137,24 +136,31 @@ def test_json_is_the_report_with_nonfinite_numbers_as_strings(identity: Path):
     data = json.loads(result.stdout)  # stdout holds only the data
     assert data["schema_version"] == 2 and data["method"] == "auto" and data["shape"] == [4, 4]
     (element,) = data["elements"]
-    assert element["native"] == {"finite": False, "norm": "NaN"}
+    assert element["native"]["finite"] is False and element["native"]["norm"] == "NaN"
+    assert element["native"]["verdict"]["kind"] == "nonfinite"
+    assert element["stabilized"]["verdict"] == {"kind": "derivative", "where": "", "causes": []}
     assert element["stabilized"]["finite"] is True
     # auto at A = I: the polar probe's gradient is (W − Wᵀ)/2 (closed form).
     w = make_probe("polar", (4, 4)).weights[0]
     assert math.isclose(element["stabilized"]["norm"], float(torch.linalg.norm((w - w.T) / 2)))
-    assert element["guarded_pairs"] == 6 and element["gauge_invariant"] is True
+    assert element["acting_pairs"] == 6 and element["acting_values"] == "s1..s4"
+    assert element["gauge_invariant"] is True
     assert data["totals"]["native_nonfinite"] == 1 and data["output"] is None
+    assert data["exit_code"] == 0 and data["fail_on"] == ["undefined"]
+    assert data["notes"] == result.stderr.splitlines() and data["notes"]
 
 
 def test_gauge_verdict_flips_between_polar_and_vectors(tied: Path):
-    polar = invoke(tied, "--fail-on", "gauge")
+    polar = invoke(tied, "--fail-on", "undefined")
     assert polar.exit_code == exit_codes.OK, polar.output
-    assert "invariant" in polar.stdout
-    vectors = invoke(tied, "--loss", "vectors", "--fail-on", "gauge")
+    assert "✓" in polar.stdout and "derivative" in polar.stdout
+    vectors = invoke(tied, "--loss", "vectors")  # undefined fails by default
     assert vectors.exit_code == exit_codes.FINDINGS
-    assert "DEPENDS s1..s2" in vectors.stdout
-    assert "--fail-on gauge" in vectors.stderr
-    assert invoke(tied, "--loss", "vectors").exit_code == exit_codes.OK  # reported, not failed
+    assert "undefined s2..s3 basis" in vectors.stdout  # the tie (3, 2, 2, 1), 1-based
+    assert "--fail-on undefined" in vectors.stderr
+    reported = invoke(tied, "--loss", "vectors", "--fail-on", "none")
+    assert reported.exit_code == exit_codes.OK  # reported, not failed
+    assert "exit 0: the auto gradient is finite (1 undefined)" in reported.stderr
 
 
 def test_fail_on_native_nonfinite(identity: Path, tmp_path: Path):
@@ -162,16 +168,17 @@ def test_fail_on_native_nonfinite(identity: Path, tmp_path: Path):
     assert failed.exit_code == exit_codes.FINDINGS
     assert "--fail-on native-nonfinite" in failed.stderr
     fine = save(tmp_path / "fine.npy", with_singular_values([3.0, 2.0, 1.0], 3, 3))
-    assert invoke(fine, "--fail-on", "native-nonfinite", "--fail-on", "gauge").exit_code == 0
+    assert invoke(fine, "--fail-on", "native-nonfinite", "--fail-on", "undefined").exit_code == 0
 
 
 def test_nonfinite_input_exits_1(tmp_path: Path):
     a = random_matrix(2, 3, 3)
     a[0, 1, 1] = math.nan
-    result = invoke(save(tmp_path / "nan.npy", a))
+    result = invoke(save(tmp_path / "nan.npy", a), "--batch")
     assert result.exit_code == exit_codes.FINDINGS
     assert "NaN/Inf" in result.stdout
-    assert "stabilized gradient is not finite for 1 of 2 matrices" in result.stderr
+    assert "the auto gradient is not finite for 1 of 2 matrices" in result.stderr
+    assert "[0]: the matrix has NaN/Inf entries" in result.stderr
 
 
 def test_existing_output_needs_force_and_the_input_is_never_overwritten(identity: Path, tmp_path):
@@ -277,7 +284,9 @@ def test_near_tie_torch_is_finite_but_wrong_and_the_written_gradient_is_right(ti
     out = tmp_path / "g.npy"
     result = invoke(tied, "-o", out)
     assert result.exit_code == exit_codes.OK
-    assert "torch's gradient is finite but differs from it by up to" in result.stderr
+    assert "torch's gradient is finite but biased" in result.stderr
+    assert "at s2..s3 within rounding of each other" in result.stderr
+    assert "exit 0: the auto gradient is the derivative of the loss" in result.stderr
     a = torch.from_numpy(np.load(tied))
     w = make_probe("polar", a.shape).weights[0]
 
