@@ -19,7 +19,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,7 +307,11 @@ def _analyse(
 
 
 def _run(
-    files: list[Path], selection: Selection, analysis: _Analysis, batched: bool
+    files: list[Path],
+    selection: Selection,
+    analysis: _Analysis,
+    batched: bool,
+    only: Container[tuple[str, str]] | None = None,
 ) -> Iterator[InspectionItem]:
     queue = _BatchQueue(analysis, CUDA_BATCH_BYTES) if batched else None
     for path in files:
@@ -315,6 +319,8 @@ def _run(
             if isinstance(record, FailedReport):
                 yield record
                 continue
+            if only is not None and (str(record.path), record.key) not in only:
+                continue  # another rank's tensor (svdguard.app.distributed)
             skipped = skip_reason(record, selection)
             if skipped is not None:
                 yield skipped
@@ -338,6 +344,7 @@ def inspect(
     max_cond: float | None = None,
     gap_rtol: float | None = None,
     batched: bool | None = None,
+    only: Container[tuple[str, str]] | None = None,
 ) -> Iterator[InspectionItem]:
     """Diagnose every matrix in ``paths``: one row per tensor, streamed.
 
@@ -352,6 +359,8 @@ def inspect(
     from each tensor's dtype, see ``svdguard.tolerances``). ``batched``: group
     same-shape matrices into one ``svdvals`` call (default: on CUDA only); rows
     of a batch are yielded when it runs, so the order then differs from the file's.
+    ``only``: analyse just the tensors whose ``(str(path), key)`` is in it (asked once
+    per tensor, in listing order); the others give no row (``docs/scale-out.md``).
 
     Arguments and paths are checked at the call (InputError for a missing file
     or an unknown device); problems inside files become rows.
@@ -377,4 +386,4 @@ def inspect(
         raise InputError(f"max_elements must be at least 1, got {max_elements}")
     selection = Selection(tuple(include), tuple(exclude), max_elements)
     use_batches = analysis.device.type == "cuda" if batched is None else batched
-    return _run(files, selection, analysis, use_batches)
+    return _run(files, selection, analysis, use_batches, only)

@@ -234,7 +234,20 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar and no talk on stderr.")
     ] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Ranks sharing the tensors on this machine (1 CPU thread each); under "
+            "torchrun, the launcher's ranks are used instead. See docs/scale-out.md.",
+        ),
+    ] = 1,
 ) -> None:
+    import functools
+
+    from svdguard.app.distributed import Launch
     from svdguard.app.inspection import inspect
     from svdguard.app.report import InspectionSummary
     from svdguard.io import atomic_output, expand_inputs
@@ -245,7 +258,9 @@ def run(
         output = None
     if output is not None:  # refuse a bad -o before any work
         check_output(output, force=force, inputs=input_files(files))
-    rows = inspect(
+    launch = Launch.detect(jobs)  # None: this process alone
+    analyse = functools.partial(
+        inspect,
         files,
         precision=precision.value,
         device=device.value,
@@ -255,6 +270,7 @@ def run(
         max_cond=max_cond,
         gap_rtol=gap_tol,
     )
+    rows = analyse() if launch is None else launch.rows(analyse, files, max_elements=max_elements)
     settings = {
         "paths": [str(p) for p in files],
         "precision": precision.value,
@@ -274,6 +290,10 @@ def run(
             tick(item)
     summary = InspectionSummary.of(items)
     code = exit_code(summary, fail_on)
+    if launch is not None:
+        code = launch.agree(code)  # every rank exits with rank 0's code; only rank 0 writes
+        if not launch.prints:
+            raise typer.Exit(code)
     if output is None:
         render(output_format, items, summary, settings, code, sys.stdout)
     else:
