@@ -39,6 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed import (  # type: ignore[attr-defined]  # re-exported by torch, untyped
+    PrefixStore,
+    TCPStore,
+    rendezvous,
+)
 
 from svdguard.app.report import InspectionItem
 from svdguard.errors import InputError, SvdguardError
@@ -158,7 +163,7 @@ def plan_owners(costs: Sequence[int], ranks: int) -> list[int]:
 
 def _digest(jobs: Sequence[Job], owners: Sequence[int]) -> str:
     """A fingerprint of a plan: ranks that list different files or tensors disagree on it."""
-    text = "\n".join(f"{j.path}\0{j.key}\0{j.cost}\0{o}" for j, o in zip(jobs, owners))
+    text = "\n".join(f"{j.path}\0{j.key}\0{j.cost}\0{o}" for j, o in zip(jobs, owners, strict=True))
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -256,7 +261,7 @@ class _Rank:
         timeout: timedelta,
         children: Sequence[BaseProcess] = (),
     ) -> None:
-        self.store = dist.PrefixStore(_KEYS + os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), store)
+        self.store = PrefixStore(_KEYS + os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), store)
         self.rank = rank
         self.world_size = world_size
         self.timeout = timeout
@@ -265,7 +270,10 @@ class _Rank:
         self.loads: list[int] = []
 
     def contribute(
-        self, analyse: Callable[..., Iterable[InspectionItem]], files: Sequence[Path], max_elements: int
+        self,
+        analyse: Callable[..., Iterable[InspectionItem]],
+        files: Sequence[Path],
+        max_elements: int,
     ) -> _Result:
         result = _Result(self.rank)
         share: _Share | None = None
@@ -274,7 +282,7 @@ class _Rank:
             jobs = list_jobs(files, max_elements=max_elements)
             owners = plan_owners([job.cost for job in jobs], self.world_size)
             self.loads = [0] * self.world_size
-            for job, owner in zip(jobs, owners):
+            for job, owner in zip(jobs, owners, strict=True):
                 self.loads[owner] += job.cost
             digest = _digest(jobs, owners)
             self.store.set(f"plan/{self.rank}", digest)
@@ -283,7 +291,7 @@ class _Rank:
                     "this rank lists other tensors than rank 0 (are the files the same on "
                     "every node?)"
                 )
-            own = {job.pair for job, owner in zip(jobs, owners) if owner == self.rank}
+            own = {job.pair for job, owner in zip(jobs, owners, strict=True) if owner == self.rank}
             share = _Share(own, {job.pair for job in jobs}, self.rank, self._claim)
             for sequence, item in enumerate(analyse(only=share)):
                 place = share.order(item, sequence)
@@ -318,8 +326,7 @@ class _Rank:
                     tensor = self._last_tensor(rank)
                     where = f" while analysing {tensor}" if tensor else ""
                     raise RankFailedError(
-                        f"rank {rank} ended{where} ({_status(child.exitcode)}); "
-                        "no report was made"
+                        f"rank {rank} ended{where} ({_status(child.exitcode)}); no report was made"
                     )
             time.sleep(POLL_INTERVAL_S)
 
@@ -327,7 +334,7 @@ class _Rank:
         """Rows of every rank to rank 0, in one process's order; a failure to every rank."""
         dist.init_process_group(
             "gloo",
-            store=dist.PrefixStore("group", self.store),
+            store=PrefixStore("group", self.store),
             rank=self.rank,
             world_size=self.world_size,
             timeout=self.timeout,
@@ -394,7 +401,7 @@ def _child(
     torch.set_num_threads(threads)
     _use_device(rank)
     timeout = timedelta(seconds=timeout_s)
-    store = dist.TCPStore(LOCALHOST, port, world_size, is_master=False, timeout=timeout)
+    store = TCPStore(LOCALHOST, port, world_size, is_master=False, timeout=timeout)
     rank_state = _Rank(store, rank, world_size, timeout)
     try:
         result = rank_state.contribute(analyse, files, max_elements)
@@ -501,9 +508,7 @@ class Launch:
             return self._spawned(analyse, files, max_elements)
         _use_device(self.local_rank)
         store, _, _ = next(
-            dist.rendezvous(
-                "env://", rank=self.rank, world_size=self.world_size, timeout=self.timeout
-            )
+            rendezvous("env://", rank=self.rank, world_size=self.world_size, timeout=self.timeout)
         )
         self._rank = _Rank(store, self.rank, self.world_size, self.timeout)
         try:
@@ -523,7 +528,7 @@ class Launch:
         max_elements: int,
     ) -> list[InspectionItem]:
         threads = self.threads or 1
-        store = dist.TCPStore(
+        store = TCPStore(
             LOCALHOST,
             0,
             self.world_size,
