@@ -247,6 +247,7 @@ class _Result:
     rank: int
     rows: list[tuple[tuple[int, int, int], InspectionItem]] = field(default_factory=list)
     busy_s: float = 0.0
+    cpu_s: float = 0.0
     failure: _Failure | None = None
 
 
@@ -267,6 +268,7 @@ class _Rank:
         self.timeout = timeout
         self.children = list(children)
         self.busy_s: list[float] = []
+        self.cpu_s: list[float] = []
         self.loads: list[int] = []
 
     def contribute(
@@ -277,7 +279,7 @@ class _Rank:
     ) -> _Result:
         result = _Result(self.rank)
         share: _Share | None = None
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         try:
             jobs = list_jobs(files, max_elements=max_elements)
             owners = plan_owners([job.cost for job in jobs], self.world_size)
@@ -302,6 +304,7 @@ class _Rank:
             text = str(err) if isinstance(err, SvdguardError) else f"{type(err).__name__}: {err}"
             result.failure = _Failure(self.rank, text, tensor)
         result.busy_s = time.perf_counter() - start
+        result.cpu_s = time.process_time() - start_cpu
         self.store.set(f"done/{self.rank}", "1")
         return result
 
@@ -348,6 +351,7 @@ class _Rank:
             failures = [r.failure.sentence() for r in results if r.failure is not None]
             verdict[0] = "; ".join(failures) or None
             self.busy_s = [r.busy_s for r in results]
+            self.cpu_s = [r.cpu_s for r in results]
             placed = sorted((row for r in results for row in r.rows), key=lambda row: row[0])
             rows = [item for _, item in placed]
         dist.broadcast_object_list(verdict, src=0)
@@ -440,6 +444,7 @@ class Launch:
         self.timeout = timeout
         self.threads = threads
         self.busy_s: list[float] = []  #: seconds each rank spent on its share (rank 0, after rows)
+        self.cpu_s: list[float] = []  #: CPU seconds of each rank's process during its share
         self.loads: list[int] = []  #: planned cost of each rank's share
         self._rank: _Rank | None = None
 
@@ -518,7 +523,7 @@ class Launch:
         except BaseException:
             self._rank.close()
             raise
-        self.busy_s, self.loads = self._rank.busy_s, self._rank.loads
+        self.busy_s, self.cpu_s, self.loads = self._rank.busy_s, self._rank.cpu_s, self._rank.loads
         return rows
 
     def _spawned(
@@ -570,7 +575,7 @@ class Launch:
             torch.set_num_threads(before)
             rank_state.close()
             rank_state.stop_children()
-        self.busy_s, self.loads = rank_state.busy_s, rank_state.loads
+        self.busy_s, self.cpu_s, self.loads = rank_state.busy_s, rank_state.cpu_s, rank_state.loads
         return rows
 
     def agree(self, code: int) -> int:
