@@ -30,8 +30,11 @@ import heapq
 import math
 import multiprocessing
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -83,6 +86,9 @@ FAULT_VARIABLE = "SVDGUARD_TEST_FAULT"
 
 #: Exit status of a rank ended by :data:`FAULT_VARIABLE` (``"RANK:exit"``).
 FAULT_EXIT_STATUS = 86
+
+#: The plan fingerprint of a rank that could not list its files.
+_NO_PLAN = "none"
 
 #: Prefix of every key this module writes in the rendezvous store (shared with the launcher).
 _KEYS = "svdguard/"
@@ -235,10 +241,6 @@ class _Failure:
     message: str
     tensor: str | None = None
 
-    def sentence(self) -> str:
-        where = f" while analysing {self.tensor}" if self.tensor else ""
-        return f"rank {self.rank} failed{where}: {self.message}"
-
 
 @dataclass
 class _Result:
@@ -281,18 +283,26 @@ class _Rank:
         share: _Share | None = None
         start, start_cpu = time.perf_counter(), time.process_time()
         try:
-            jobs = list_jobs(files, max_elements=max_elements)
-            owners = plan_owners([job.cost for job in jobs], self.world_size)
+            try:
+                jobs = list_jobs(files, max_elements=max_elements)
+                owners = plan_owners([job.cost for job in jobs], self.world_size)
+            except Exception:
+                self.store.set(f"plan/{self.rank}", _NO_PLAN)  # the others need not wait for it
+                raise
             self.loads = [0] * self.world_size
             for job, owner in zip(jobs, owners, strict=True):
                 self.loads[owner] += job.cost
             digest = _digest(jobs, owners)
             self.store.set(f"plan/{self.rank}", digest)
-            if self.rank != 0 and self.store.get("plan/0").decode() != digest:
-                raise InputError(
-                    "this rank lists other tensors than rank 0 (are the files the same on "
-                    "every node?)"
-                )
+            if self.rank != 0:
+                theirs = self.store.get("plan/0").decode()
+                if theirs == _NO_PLAN:
+                    jobs, owners = [], []  # rank 0 could not plan: its failure ends the run
+                elif theirs != digest:
+                    raise InputError(
+                        "this rank lists other tensors than rank 0 (are the files the same "
+                        "on every node?)"
+                    )
             own = {job.pair for job, owner in zip(jobs, owners, strict=True) if owner == self.rank}
             share = _Share(own, {job.pair for job in jobs}, self.rank, self._claim)
             for sequence, item in enumerate(analyse(only=share)):
@@ -333,28 +343,44 @@ class _Rank:
                     )
             time.sleep(POLL_INTERVAL_S)
 
+    def unfinished(self) -> str:
+        """The other ranks that have not finished, each with the tensor it was analysing."""
+        names = []
+        try:
+            for rank in range(self.world_size):
+                if rank != self.rank and not self.store.check([f"done/{rank}"]):
+                    tensor = self._last_tensor(rank)
+                    names.append(f"rank {rank}" + (f" (at {tensor})" if tensor else ""))
+        except RuntimeError:
+            return "the other ranks cannot be reached"
+        return "unfinished: " + ", ".join(names) if names else "every other rank had finished"
+
     def exchange(self, result: _Result) -> list[InspectionItem]:
         """Rows of every rank to rank 0, in one process's order; a failure to every rank."""
-        dist.init_process_group(
-            "gloo",
-            store=PrefixStore("group", self.store),
-            rank=self.rank,
-            world_size=self.world_size,
-            timeout=self.timeout,
-        )
-        gathered: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
-        dist.gather_object(result, gathered, dst=0)
         verdict: list[Any] = [None]
         rows: list[InspectionItem] = []
-        if gathered is not None:
-            results: list[_Result] = gathered
-            failures = [r.failure.sentence() for r in results if r.failure is not None]
-            verdict[0] = "; ".join(failures) or None
-            self.busy_s = [r.busy_s for r in results]
-            self.cpu_s = [r.cpu_s for r in results]
-            placed = sorted((row for r in results for row in r.rows), key=lambda row: row[0])
-            rows = [item for _, item in placed]
-        dist.broadcast_object_list(verdict, src=0)
+        try:
+            dist.init_process_group(
+                "gloo",
+                store=PrefixStore("group", self.store),
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=self.timeout,
+            )
+            gathered: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
+            dist.gather_object(result, gathered, dst=0)
+            if gathered is not None:
+                results: list[_Result] = gathered
+                verdict[0] = _verdict([r.failure for r in results if r.failure is not None])
+                self.busy_s = [r.busy_s for r in results]
+                self.cpu_s = [r.cpu_s for r in results]
+                placed = sorted((row for r in results for row in r.rows), key=lambda row: row[0])
+                rows = [item for _, item in placed]
+            dist.broadcast_object_list(verdict, src=0)
+        except (RuntimeError, ValueError) as err:  # torch's DistError and friends
+            raise RankFailedError(
+                f"rank {self.rank} could not exchange rows with the other ranks: {err}"
+            ) from None
         if verdict[0] is not None:
             raise RankFailedError(str(verdict[0]))
         return rows
@@ -375,6 +401,42 @@ class _Rank:
                 child.terminate()
         for child in self.children:
             child.join(timeout=self.timeout.total_seconds())
+
+
+@contextmanager
+def _stop_on_sigterm(rank_state: _Rank) -> Iterator[None]:
+    """SIGTERM (torchrun stopping every rank when one has died) → RankFailedError naming the
+    ranks that had not finished, rather than an end without a word."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise RankFailedError(
+            f"rank {rank_state.rank} was stopped by the launcher (signal {signum}), "
+            f"which stops every rank when one ends; {rank_state.unfinished()}"
+        )
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _verdict(failures: Sequence[_Failure]) -> str | None:
+    """One sentence per distinct failure; ranks that failed alike are named together."""
+    if not failures:
+        return None
+    grouped: dict[tuple[str, str | None], list[int]] = {}
+    for failure in failures:
+        grouped.setdefault((failure.message, failure.tensor), []).append(failure.rank)
+    sentences = []
+    for (message, tensor), ranks in grouped.items():
+        who = f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
+        where = f" while analysing {tensor}" if tensor else ""
+        sentences.append(f"{who} failed{where}: {message}")
+    return "; ".join(sentences)
 
 
 def _status(exitcode: int | None) -> str:
@@ -517,8 +579,9 @@ class Launch:
         )
         self._rank = _Rank(store, self.rank, self.world_size, self.timeout)
         try:
-            result = self._rank.contribute(analyse, files, max_elements)
-            self._rank.wait_for_all()
+            with _stop_on_sigterm(self._rank):
+                result = self._rank.contribute(analyse, files, max_elements)
+                self._rank.wait_for_all()
             rows = self._rank.exchange(result)
         except BaseException:
             self._rank.close()
@@ -579,7 +642,12 @@ class Launch:
         return rows
 
     def agree(self, code: int) -> int:
-        """Rank 0's exit code on every rank (torchrun); spawned ranks have already ended."""
+        """Rank 0's exit code on every rank (torchrun); spawned ranks have already ended.
+
+        Rank 0 calls it once its report is written, the others before they exit: a
+        launcher such as torchrun stops every rank as soon as one ends with a non-zero
+        code, which must not cut rank 0's report short.
+        """
         if self._rank is None:
             return code
         try:

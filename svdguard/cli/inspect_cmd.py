@@ -290,10 +290,8 @@ def run(
             tick(item)
     summary = InspectionSummary.of(items)
     code = exit_code(summary, fail_on)
-    if launch is not None:
-        code = launch.agree(code)  # every rank exits with rank 0's code; only rank 0 writes
-        if not launch.prints:
-            raise typer.Exit(code)
+    if launch is not None and not launch.prints:  # rank 0 writes; the others take its code
+        raise typer.Exit(launch.agree(code))
     if output is None:
         render(output_format, items, summary, settings, code, sys.stdout)
     else:
@@ -306,4 +304,6 @@ def run(
             say(f"{summary.line()} → exit {code}; report written to {output}")
     if summary.input_errors and not quiet:
         say(f"svdguard: error: {summary.input_errors} file(s) could not be read (see the report)")
+    if launch is not None:
+        launch.agree(code)  # after the report: a launcher may stop rank 0 once the others end
     raise typer.Exit(code)
