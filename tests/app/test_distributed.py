@@ -24,6 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
+from torch.distributed import TCPStore  # type: ignore[attr-defined]
 from typer.testing import CliRunner
 
 from svdguard.app import distributed
@@ -37,7 +38,7 @@ from svdguard.app.distributed import (
 from svdguard.app.inspection import inspect
 from svdguard.cli.app import app
 from svdguard.errors import InputError
-from svdguard.io import expand_inputs
+from svdguard.io import DEFAULT_MAX_ELEMENTS, expand_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_data"
@@ -286,3 +287,39 @@ def test_a_failing_rank_ends_the_run_with_exit_2(
 def test_a_timeout_must_be_positive() -> None:
     with pytest.raises(InputError, match="timeout must be positive"):
         Launch.detect(2, timeout=timedelta(0))
+
+
+def test_a_rank_that_lists_other_tensors_refuses_to_work() -> None:
+    store = TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
+    rank_1 = distributed._Rank(store, 1, 2, timedelta(seconds=FAULT_DEADLINE_S))
+    rank_1.store.set("plan/0", "a plan of other files")
+    result = rank_1.contribute(functools.partial(inspect, [CHECKPOINT]), [CHECKPOINT], DEFAULT_MAX_ELEMENTS)
+    assert result.failure is not None and result.rows == []
+    assert "lists other tensors than rank 0" in result.failure.message
+    assert rank_1.store.check(["done/1"])  # rank 0 is told it may gather
+
+
+def test_when_rank_0_cannot_plan_the_others_do_no_work() -> None:
+    store = TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
+    rank_1 = distributed._Rank(store, 1, 2, timedelta(seconds=FAULT_DEADLINE_S))
+    rank_1.store.set("plan/0", distributed._NO_PLAN)
+    result = rank_1.contribute(functools.partial(inspect, [CHECKPOINT]), [CHECKPOINT], DEFAULT_MAX_ELEMENTS)
+    assert result.failure is None and result.rows == []
+
+
+def test_torchrun_stopping_the_ranks_names_the_one_that_died() -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        FAULT_VARIABLE: "1:exit",
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--standalone", "-m", "svdguard", "inspect", str(CHECKPOINT)]
+    start = time.monotonic()
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=FAULT_DEADLINE_S
+    )
+    assert time.monotonic() - start < FAULT_DEADLINE_S
+    assert done.returncode != 0 and done.stdout == ""
+    assert "rank 0 was stopped by the launcher" in done.stderr
+    assert f"unfinished: rank 1 (at {CHECKPOINT}[" in done.stderr
