@@ -154,7 +154,7 @@ def plan_owners(costs: Sequence[int], ranks: int) -> list[int]:
     (4/3 − 1/(3·ranks)) times the optimum, and at most the optimum plus the largest job.
 
     >>> plan_owners([1, 5, 3, 3], 2)
-    [1, 0, 1, 1]
+    [0, 0, 1, 1]
     """
     if ranks < 1:
         raise InputError(f"ranks must be at least 1, got {ranks}")

@@ -293,7 +293,9 @@ def test_a_rank_that_lists_other_tensors_refuses_to_work() -> None:
     store = TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
     rank_1 = distributed._Rank(store, 1, 2, timedelta(seconds=FAULT_DEADLINE_S))
     rank_1.store.set("plan/0", "a plan of other files")
-    result = rank_1.contribute(functools.partial(inspect, [CHECKPOINT]), [CHECKPOINT], DEFAULT_MAX_ELEMENTS)
+    result = rank_1.contribute(
+        functools.partial(inspect, [CHECKPOINT]), [CHECKPOINT], DEFAULT_MAX_ELEMENTS
+    )
     assert result.failure is not None and result.rows == []
     assert "lists other tensors than rank 0" in result.failure.message
     assert rank_1.store.check(["done/1"])  # rank 0 is told it may gather
@@ -303,7 +305,9 @@ def test_when_rank_0_cannot_plan_the_others_do_no_work() -> None:
     store = TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
     rank_1 = distributed._Rank(store, 1, 2, timedelta(seconds=FAULT_DEADLINE_S))
     rank_1.store.set("plan/0", distributed._NO_PLAN)
-    result = rank_1.contribute(functools.partial(inspect, [CHECKPOINT]), [CHECKPOINT], DEFAULT_MAX_ELEMENTS)
+    result = rank_1.contribute(
+        functools.partial(inspect, [CHECKPOINT]), [CHECKPOINT], DEFAULT_MAX_ELEMENTS
+    )
     assert result.failure is None and result.rows == []
 
 
