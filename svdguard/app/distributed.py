@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import math
 import multiprocessing
 import os
@@ -89,6 +90,10 @@ FAULT_EXIT_STATUS = 86
 
 #: The plan fingerprint of a rank that could not list its files.
 _NO_PLAN = "none"
+
+#: Runs of this process so far, so that each has its own keys: ranks of a launcher count their
+#: runs alike; spawned ranks are told the number of their run.
+_RUNS = itertools.count()
 
 #: Prefix of every key this module writes in the rendezvous store (shared with the launcher).
 _KEYS = "svdguard/"
@@ -262,9 +267,14 @@ class _Rank:
         rank: int,
         world_size: int,
         timeout: timedelta,
+        run: int,
         children: Sequence[BaseProcess] = (),
     ) -> None:
-        self.store = PrefixStore(_KEYS + os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), store)
+        # Keys of this run only: a launcher's store outlives restarts and earlier runs.
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        self.store = PrefixStore(f"{_KEYS}{restart}/{run}", store)
+        self.group: Any = None  # the gloo group of the exchange, once made
+        self.owns_default_group = False
         self.rank = rank
         self.world_size = world_size
         self.timeout = timeout
@@ -360,15 +370,19 @@ class _Rank:
         verdict: list[Any] = [None]
         rows: list[InspectionItem] = []
         try:
-            dist.init_process_group(
-                "gloo",
-                store=PrefixStore("group", self.store),
-                rank=self.rank,
-                world_size=self.world_size,
-                timeout=self.timeout,
-            )
+            if dist.is_initialized():  # inside a program that has its own group: add ours
+                self.group = dist.new_group(backend="gloo", timeout=self.timeout)
+            else:
+                dist.init_process_group(
+                    "gloo",
+                    store=PrefixStore("group", self.store),
+                    rank=self.rank,
+                    world_size=self.world_size,
+                    timeout=self.timeout,
+                )
+                self.owns_default_group = True
             gathered: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
-            dist.gather_object(result, gathered, dst=0)
+            dist.gather_object(result, gathered, dst=0, group=self.group)
             if gathered is not None:
                 results: list[_Result] = gathered
                 verdict[0] = _verdict([r.failure for r in results if r.failure is not None])
@@ -376,7 +390,7 @@ class _Rank:
                 self.cpu_s = [r.cpu_s for r in results]
                 placed = sorted((row for r in results for row in r.rows), key=lambda row: row[0])
                 rows = [item for _, item in placed]
-            dist.broadcast_object_list(verdict, src=0)
+            dist.broadcast_object_list(verdict, src=0, group=self.group)
         except (RuntimeError, ValueError) as err:  # torch's DistError and friends
             raise RankFailedError(
                 f"rank {self.rank} could not exchange rows with the other ranks: {err}"
@@ -388,12 +402,16 @@ class _Rank:
     def agree(self, code: int) -> int:
         """Rank 0's exit code, on every rank."""
         shared = [code]
-        dist.broadcast_object_list(shared, src=0)
+        dist.broadcast_object_list(shared, src=0, group=self.group)
         return int(shared[0])
 
     def close(self) -> None:
-        if dist.is_initialized():
+        """Destroy what this run made: the default group it started, or its own gloo group."""
+        if self.owns_default_group and dist.is_initialized():
             dist.destroy_process_group()
+        elif self.group is not None:
+            dist.destroy_process_group(self.group)
+        self.group, self.owns_default_group = None, False
 
     def stop_children(self) -> None:
         for child in self.children:
@@ -462,13 +480,14 @@ def _child(
     max_elements: int,
     threads: int,
     timeout_s: float,
+    run: int,
 ) -> None:
     """A spawned rank of ``jobs=N``: its share, then the exchange with rank 0."""
     torch.set_num_threads(threads)
     _use_device(rank)
     timeout = timedelta(seconds=timeout_s)
     store = TCPStore(LOCALHOST, port, world_size, is_master=False, timeout=timeout)
-    rank_state = _Rank(store, rank, world_size, timeout)
+    rank_state = _Rank(store, rank, world_size, timeout, run)
     try:
         result = rank_state.contribute(analyse, files, max_elements)
         rank_state.wait_for_all()
@@ -577,7 +596,7 @@ class Launch:
         store, _, _ = next(
             rendezvous("env://", rank=self.rank, world_size=self.world_size, timeout=self.timeout)
         )
-        self._rank = _Rank(store, self.rank, self.world_size, self.timeout)
+        self._rank = _Rank(store, self.rank, self.world_size, self.timeout, next(_RUNS))
         try:
             with _stop_on_sigterm(self._rank):
                 result = self._rank.contribute(analyse, files, max_elements)
@@ -604,6 +623,7 @@ class Launch:
             timeout=self.timeout,
             wait_for_workers=False,
         )
+        run = next(_RUNS)
         context = multiprocessing.get_context("spawn")
         children = [
             context.Process(
@@ -617,6 +637,7 @@ class Launch:
                     max_elements,
                     threads,
                     self.timeout.total_seconds(),
+                    run,
                 ),
                 name=f"svdguard-rank-{rank}",
                 daemon=True,
@@ -625,7 +646,7 @@ class Launch:
         ]
         for child in children:
             child.start()
-        rank_state = _Rank(store, 0, self.world_size, self.timeout, children)
+        rank_state = _Rank(store, 0, self.world_size, self.timeout, run, children)
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:

@@ -291,7 +291,7 @@ def test_a_timeout_must_be_positive() -> None:
 
 def test_a_rank_that_lists_other_tensors_refuses_to_work() -> None:
     store = TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
-    rank_1 = distributed._Rank(store, 1, 2, timedelta(seconds=FAULT_DEADLINE_S))
+    rank_1 = distributed._Rank(store, 1, 2, timedelta(seconds=FAULT_DEADLINE_S), run=0)
     rank_1.store.set("plan/0", "a plan of other files")
     result = rank_1.contribute(
         functools.partial(inspect, [CHECKPOINT]), [CHECKPOINT], DEFAULT_MAX_ELEMENTS
@@ -303,7 +303,7 @@ def test_a_rank_that_lists_other_tensors_refuses_to_work() -> None:
 
 def test_when_rank_0_cannot_plan_the_others_do_no_work() -> None:
     store = TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
-    rank_1 = distributed._Rank(store, 1, 2, timedelta(seconds=FAULT_DEADLINE_S))
+    rank_1 = distributed._Rank(store, 1, 2, timedelta(seconds=FAULT_DEADLINE_S), run=0)
     rank_1.store.set("plan/0", distributed._NO_PLAN)
     result = rank_1.contribute(
         functools.partial(inspect, [CHECKPOINT]), [CHECKPOINT], DEFAULT_MAX_ELEMENTS
