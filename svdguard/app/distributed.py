@@ -32,6 +32,7 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -494,6 +495,9 @@ def _child(
         rank_state.exchange(result)
     except RankFailedError:
         pass  # rank 0 reports it
+    except Exception as err:  # noqa: BLE001 - e.g. rank 0 gone: one line, and a status it reads
+        print(f"svdguard: rank {rank}: {type(err).__name__}: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         rank_state.close()
 
