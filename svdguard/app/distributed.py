@@ -415,10 +415,12 @@ class _Rank:
         self.group, self.owns_default_group = None, False
 
     def stop_children(self) -> None:
-        for child in self.children:
+        """End the spawned ranks still running (after a failure; a no-op after a good run)."""
+        started = [child for child in self.children if child.pid is not None]
+        for child in started:
             if child.exitcode is None:
                 child.terminate()
-        for child in self.children:
+        for child in started:
             child.join(timeout=self.timeout.total_seconds())
 
 
@@ -648,12 +650,12 @@ class Launch:
             )
             for rank in range(1, self.world_size)
         ]
-        for child in children:
-            child.start()
         rank_state = _Rank(store, 0, self.world_size, self.timeout, run, children)
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
+            for child in children:
+                child.start()
             result = rank_state.contribute(analyse, files, max_elements)
             rank_state.wait_for_all()
             rows = rank_state.exchange(result)

@@ -327,3 +327,11 @@ def test_torchrun_stopping_the_ranks_names_the_one_that_died() -> None:
     assert done.returncode != 0 and done.stdout == ""
     assert "rank 0 was stopped by the launcher" in done.stderr
     assert f"unfinished: rank 1 (at {CHECKPOINT}[" in done.stderr
+
+
+def test_three_local_ranks_write_the_report_of_one_process_with_output(tmp_path: Path) -> None:
+    paths = [str(CHECKPOINT), str(SHARDED)]
+    report = tmp_path / "report.json"
+    code, stdout = invoke(*paths, "--format", "json", "--jobs", "3", "-o", str(report), "-q")
+    assert (code, stdout) == (1, "")
+    assert report.read_text(encoding="utf-8") == invoke(*paths, "--format", "json")[1]
