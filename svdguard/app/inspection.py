@@ -23,7 +23,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -463,7 +463,11 @@ def _analyse(
 
 
 def _run(
-    discovered: Discovered, selection: Selection, analysis: _Analysis, batched: bool
+    discovered: Discovered,
+    selection: Selection,
+    analysis: _Analysis,
+    batched: bool,
+    only: Container[tuple[str, str]] | None = None,
 ) -> Iterator[InspectionItem]:
     for skipped_file in discovered.skipped:
         yield SkippedTensor(
@@ -478,6 +482,8 @@ def _run(
             if isinstance(record, (FailedReport, SkippedTensor)):
                 yield record
                 continue
+            if only is not None and (str(record.path), record.key) not in only:
+                continue  # another rank's tensor (svdguard.app.distributed)
             skipped = skip_reason(record, selection, discovered)
             if skipped is not None:
                 yield skipped
@@ -511,6 +517,7 @@ def inspect(
     batch: Sequence[str] = (),
     spectrum: bool = False,
     batched: bool | None = None,
+    only: Container[tuple[str, str]] | None = None,
 ) -> Iterator[InspectionItem]:
     """Diagnose every matrix in ``paths``: one row per tensor, streamed.
 
@@ -537,6 +544,8 @@ def inspect(
     ``batched``: group same-shape matrices into one ``svdvals`` call (default:
     on CUDA only); rows of a batch are yielded when it runs, so the order then
     differs from the file's.
+    ``only``: analyse just the tensors whose ``(str(path), key)`` is in it (asked once
+    per tensor, in listing order); the others give no row (``docs/scale-out.md``).
 
     Arguments and paths are checked at the call (InputError for a missing file
     or an unknown device); problems inside files become rows.
@@ -572,4 +581,4 @@ def inspect(
         tuple(include), tuple(exclude), max_elements, include_optimizer, tuple(batch)
     )
     use_batches = analysis.device.type == "cuda" if batched is None else batched
-    return _run(discovered, selection, analysis, use_batches)
+    return _run(discovered, selection, analysis, use_batches, only)

@@ -428,11 +428,24 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar and no talk on stderr.")
     ] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Ranks sharing the tensors on this machine (1 CPU thread each); under "
+            "torchrun, the launcher's ranks are used instead. See docs/scale-out.md.",
+        ),
+    ] = 1,
 ) -> None:
+    import functools
+
     import torch
 
     from svdguard.app.config import ProjectConfig, load_config
     from svdguard.app.discovery import discover
+    from svdguard.app.distributed import Launch
     from svdguard.app.inspection import inspect
     from svdguard.app.report import InspectionSummary
     from svdguard.app.rules import resolve_selectors
@@ -476,7 +489,9 @@ def run(
         output = None
     if output is not None:  # refuse a bad -o before any work
         check_output(output, force=force, inputs=input_files(files))
-    rows = inspect(
+    launch = Launch.detect(jobs, threads=threads)  # None: this process alone
+    analyse = functools.partial(
+        inspect,
         discovered,
         precision=chosen_precision,
         device=device.value,
@@ -494,6 +509,7 @@ def run(
         batch=batch_globs,
         spectrum=spectrum,
     )
+    rows = analyse() if launch is None else launch.rows(analyse, files, max_elements=max_elements)
     settings = {
         "paths": [str(p) for p in files],
         "profile": chosen_profile,
@@ -532,6 +548,8 @@ def run(
     empty = summary.matrices == 0 and not summary.failed and not allow_empty
     if empty:
         code = exit_codes.USAGE
+    if launch is not None and not launch.prints:  # rank 0 writes; the others take its code
+        raise typer.Exit(launch.agree(code))
     if output is None:
         render(output_format, items, summary, settings, code, sys.stdout, view)
     else:
@@ -549,4 +567,6 @@ def run(
             f"svdguard: error: no matrix analysed: {why_empty(items, include_globs)}; "
             "pass --allow-empty to accept an empty run"
         )
+    if launch is not None:
+        launch.agree(code)  # after the report: a launcher may stop rank 0 once the others end
     raise typer.Exit(code)
