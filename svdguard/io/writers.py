@@ -12,6 +12,7 @@ import contextlib
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -22,7 +23,13 @@ from safetensors.torch import save_file
 
 from svdguard.errors import InputError, OutputExistsError
 
-__all__ = ["WRITABLE_SUFFIXES", "atomic_output", "check_output", "write_tensor"]
+__all__ = [
+    "WRITABLE_SUFFIXES",
+    "atomic_output",
+    "check_output",
+    "discard_temporaries",
+    "write_tensor",
+]
 
 WRITABLE_SUFFIXES = (".npy", ".npz", ".safetensors")
 
@@ -102,6 +109,27 @@ def _default_mode() -> int:
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+    with _PENDING_LOCK:
+        _PENDING.discard(path)
+
+
+#: Temporary files of atomic_output blocks still open (any thread), for discard_temporaries.
+_PENDING: set[Path] = set()
+_PENDING_LOCK = threading.Lock()
+
+
+def discard_temporaries() -> None:
+    """Remove the temporary file of every atomic_output block still open, in any thread.
+
+    For a process that is being interrupted while another thread writes: the
+    target files are untouched (a temporary file is only renamed into place
+    when its block completes).
+    """
+    with _PENDING_LOCK:
+        pending = list(_PENDING)
+    for path in pending:
+        with contextlib.suppress(OSError):
+            _remove(path)
 
 
 @contextlib.contextmanager
@@ -137,6 +165,8 @@ def atomic_output(
             f"cannot create a file in {target.parent}: {err.strerror}", path=target
         ) from None
     temporary = Path(name)
+    with _PENDING_LOCK:
+        _PENDING.add(temporary)
     try:
         os.close(handle)
         yield temporary
@@ -149,6 +179,8 @@ def atomic_output(
     try:
         check_output(target, force=force, inputs=inputs)  # nothing changed while writing
         _publish(temporary, target, force=force)
+        with _PENDING_LOCK:
+            _PENDING.discard(temporary)
     except BaseException as err:
         _remove(temporary)
         if isinstance(err, OSError):
