@@ -6,16 +6,24 @@ bounded by :data:`CUDA_BATCH_BYTES`). Every tensor gives exactly one row:
 * :class:`~svdguard.app.report.MatrixReport` for a floating 2-D tensor, or a ≥3-D
   one analysed as ``shape[0] × ∏ shape[1:]``;
 * :class:`~svdguard.app.report.SkippedTensor` for what is not a matrix (scalars,
-  1-D, integer, bool, empty, excluded by name, above ``max_elements``);
+  1-D, integer, bool, empty, excluded by name, above ``max_elements`` or the
+  memory, an SVD estimated to take longer than ``max_time``, or a second name
+  of a tensor already analysed: an alias);
 * :class:`~svdguard.app.report.FailedReport` when a payload cannot be read or the
-  SVD fails after its retry; a file whose header cannot be read gives one
-  file-level failed row. Neither stops the run.
+  SVD fails after its retry; a file, shard or archive member whose header
+  cannot be read gives one failed row naming it. Neither stops the run.
+
+Every string a row carries from a file (key, dtype code, file name, a message
+quoting them) is passed through :func:`svdguard.io.text.printable`: control
+characters and lone surrogates are escaped, so no format can be forged or
+broken by a tensor's name.
 
 No rich, no typer: the CLI renders what this yields.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 import os
@@ -29,8 +37,10 @@ import torch
 from svdguard.app.diagnose import Subject, nonfinite_report, report_from_spectrum
 from svdguard.app.report import FailedReport, InspectionItem, SkippedTensor, SkipReason
 from svdguard.errors import InputError, NumericalError, ResourceLimitError
-from svdguard.io import DEFAULT_MAX_ELEMENTS, TensorRecord, expand_inputs, iter_records
+from svdguard.io import DEFAULT_MAX_ELEMENTS, FailedUnit, TensorRecord, expand_inputs, iter_units
 from svdguard.io.dtypes import torch_dtype
+from svdguard.io.limits import DEFAULT_MAX_TIME, estimated_svd_seconds
+from svdguard.io.text import printable
 from svdguard.linalg.spectrum_analysis import (
     CUDA_DRIVERS,
     PRECISIONS,
@@ -49,6 +59,8 @@ __all__ = [
     "Selection",
     "inspect",
     "resolve_device",
+    "failed_unit_report",
+    "printable_row",
     "resolve_precision",
     "skip_reason",
 ]
@@ -90,11 +102,12 @@ def resolve_precision(precision: str | torch.dtype) -> torch.dtype:
 
 @dataclass(frozen=True)
 class Selection:
-    """Which tensors are analysed: name globs (``fnmatch`` on the key) and a size limit."""
+    """Which tensors are analysed: name globs (``fnmatch`` on the key), a size and a time limit."""
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     max_elements: int = DEFAULT_MAX_ELEMENTS
+    max_time: float = DEFAULT_MAX_TIME  #: seconds an SVD may be estimated to take
 
     def wants(self, name: str) -> bool:
         """True when ``name`` matches an include glob (or there is none) and no exclude glob."""
@@ -156,6 +169,15 @@ def skip_reason(record: TensorRecord, selection: Selection) -> SkippedTensor | N
             SkipReason.TOO_LARGE,
             f"{numel:,} elements exceed max_elements = {selection.max_elements:,}",
         )
+    rows = record.shape[0]
+    seconds = estimated_svd_seconds(rows, numel // rows, is_complex=dtype.is_complex)
+    if seconds > selection.max_time:
+        return _skipped(
+            record,
+            SkipReason.TOO_SLOW,
+            f"its SVD is estimated at {seconds:,.0f} s, beyond max_time = "
+            f"{selection.max_time:,.0f} s; raise max_time= to analyse it",
+        )
     return None
 
 
@@ -176,18 +198,40 @@ def _message(err: BaseException) -> str:
     return getattr(err, "message", None) or f"{type(err).__name__}: {err}"
 
 
+def failed_unit_report(unit: FailedUnit) -> FailedReport:
+    """The failed row of a file, shard or archive member that could not be listed."""
+    return FailedReport(
+        name=unit.display_name,
+        reason=_message(unit.error),
+        stage="read",
+        path=str(unit.path),
+        key=unit.key,
+    )
+
+
 def _records(path: Path, max_elements: int) -> Iterator[TensorRecord | FailedReport]:
-    """The records of one file; an unreadable header becomes one file-level failed row."""
-    records = iter_records(path, max_elements=max_elements)
-    while True:
-        try:
-            record = next(records)
-        except StopIteration:
-            return
-        except InputError as err:
-            yield FailedReport(name=path.name, reason=_message(err), stage="read", path=str(path))
-            return
-        yield record
+    """The records of one file; each part that cannot be listed becomes one failed row."""
+    for unit in iter_units(path, max_elements=max_elements):
+        yield failed_unit_report(unit) if isinstance(unit, FailedUnit) else unit
+
+
+def _alias_row(record: TensorRecord) -> SkippedTensor:
+    return _skipped(
+        record,
+        SkipReason.ALIAS,
+        f"the same tensor as {record.alias_of} (same storage, offset, shape and strides); "
+        "analysed once, under that name",
+    )
+
+
+def printable_row(item: InspectionItem) -> InspectionItem:
+    """``item`` with every string taken from a file escaped by :func:`printable`."""
+    changes = {
+        name: printable(value)
+        for name in ("name", "path", "key", "dtype", "reason", "detail")
+        if type(value := getattr(item, name, None)) is str and printable(value) != value
+    }
+    return dataclasses.replace(item, **changes) if changes else item  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -311,20 +355,34 @@ def _run(
 ) -> Iterator[InspectionItem]:
     queue = _BatchQueue(analysis, CUDA_BATCH_BYTES) if batched else None
     for path in files:
-        for record in _records(path, selection.max_elements):
-            if isinstance(record, FailedReport):
-                yield record
-                continue
-            skipped = skip_reason(record, selection)
-            if skipped is not None:
-                yield skipped
-                continue
-            try:
-                yield from _analyse(record, analysis, queue)
-            except Exception as err:  # noqa: BLE001 - one bad tensor must not stop a checkpoint
-                yield _failed(record, "analyse", f"{type(err).__name__}: {err}")
+        for item in _rows_of(path, selection, analysis, queue):
+            yield printable_row(item)
         if queue is not None:
-            yield from queue.flush()
+            for item in queue.flush():
+                yield printable_row(item)
+
+
+def _rows_of(
+    path: Path, selection: Selection, analysis: _Analysis, queue: _BatchQueue | None
+) -> Iterator[InspectionItem]:
+    """The rows of one file; a tensor reached under a second name is analysed once."""
+    analysed: set[str] = set()
+    for record in _records(path, selection.max_elements):
+        if isinstance(record, FailedReport):
+            yield record
+            continue
+        skipped = skip_reason(record, selection)
+        if skipped is not None:
+            yield skipped
+            continue
+        if record.alias_of is not None and record.alias_of in analysed:
+            yield _alias_row(record)
+            continue
+        analysed.add(record.key)
+        try:
+            yield from _analyse(record, analysis, queue)
+        except Exception as err:  # noqa: BLE001 - one bad tensor must not stop a checkpoint
+            yield _failed(record, "analyse", f"{type(err).__name__}: {err}")
 
 
 def inspect(
@@ -335,6 +393,7 @@ def inspect(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_time: float = DEFAULT_MAX_TIME,
     max_cond: float | None = None,
     gap_rtol: float | None = None,
     batched: bool | None = None,
@@ -347,7 +406,9 @@ def inspect(
     default; float32 is faster but cannot resolve κ₂ beyond about 1/(max(m, n)·ε₃₂)).
     ``device``: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     ``include`` / ``exclude``: ``fnmatch`` globs on the tensor's key.
-    ``max_elements``: larger tensors are skipped. ``max_cond`` / ``gap_rtol``:
+    ``max_elements``: larger tensors are skipped. ``max_time``: a matrix whose SVD
+    is estimated to take longer (seconds, from m·n·min(m, n) at the rate of
+    :data:`svdguard.io.limits.SVD_RATE`) is skipped. ``max_cond`` / ``gap_rtol``:
     thresholds of the ``ill-conditioned`` and ``degenerate`` flags (None: derived
     from each tensor's dtype, see ``svdguard.tolerances``). ``batched``: group
     same-shape matrices into one ``svdvals`` call (default: on CUDA only); rows
@@ -375,6 +436,8 @@ def inspect(
             raise InputError(f"{name} must be a positive finite number, got {value}")
     if max_elements < 1:
         raise InputError(f"max_elements must be at least 1, got {max_elements}")
-    selection = Selection(tuple(include), tuple(exclude), max_elements)
+    if not max_time > 0:  # NaN too
+        raise InputError(f"max_time must be a positive number of seconds, got {max_time}")
+    selection = Selection(tuple(include), tuple(exclude), max_elements, max_time)
     use_batches = analysis.device.type == "cuda" if batched is None else batched
     return _run(files, selection, analysis, use_batches)

@@ -87,6 +87,8 @@ class SkipReason(str, Enum):
     BOOL = "bool"  #: masks
     UNSUPPORTED_DTYPE = "unsupported-dtype"  #: a dtype torch lacks (strings, float128, ...)
     TOO_LARGE = "too-large"  #: above ``max_elements`` or the memory available
+    TOO_SLOW = "too-slow"  #: its SVD is estimated to take longer than ``max_time``
+    ALIAS = "alias"  #: a second name of a tensor already analysed (tied weights)
 
 
 @dataclass(frozen=True)
