@@ -124,7 +124,9 @@ def _spectrum_numbers(
     cond = sigma_max / sigma_min if sigma_min > 0 else math.inf
     computed_rounding = tolerances.rounding_level(sigma_max, computed_in, m, n)
     cond_resolved = sigma_min > computed_rounding
-    cond_lower_bound = sigma_max / (sigma_min + computed_rounding) if sigma_max > 0 else math.inf
+    # A subnormal matrix: τ_p underflows to 0 and σ_min may be 0 too; the bound is then ∞.
+    resolvable = sigma_min + computed_rounding
+    cond_lower_bound = sigma_max / resolvable if sigma_max > 0 and resolvable > 0 else math.inf
     rank_tol = tolerances.inspect_rank_tolerance(sigma_max, working, computed_in, m, n)
     rank = int((s > rank_tol).sum())
     tie_tol = tolerances.inspect_tie_tolerance(sigma_max, working, computed_in, m, n)

@@ -261,6 +261,11 @@ def write_tensor(
     refused as :func:`atomic_output` refuses it (``inputs``, ``force``).
     """
     inputs = list(inputs)
+    if os.fspath(path) == "-":
+        raise InputError(
+            "a tensor file cannot go to stdout ('-'); give a file name ending in "
+            f"{', '.join(WRITABLE_SUFFIXES)}"
+        )
     target = check_output(path, force=force, inputs=inputs)  # what is refused, first
     suffix = target.suffix.lower()
     if suffix not in WRITABLE_SUFFIXES:
