@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
 import threading
@@ -28,6 +29,8 @@ __all__ = [
     "atomic_output",
     "check_output",
     "discard_temporaries",
+    "forget_temporary",
+    "track_temporary",
     "write_tensor",
 ]
 
@@ -109,27 +112,42 @@ def _default_mode() -> int:
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    with _PENDING_LOCK:
-        _PENDING.discard(path)
+    forget_temporary(path)
 
 
-#: Temporary files of atomic_output blocks still open (any thread), for discard_temporaries.
+#: Temporary files and directories of atomic writes still in progress (any thread).
 _PENDING: set[Path] = set()
 _PENDING_LOCK = threading.Lock()
 
 
+def track_temporary(path: Path) -> None:
+    """Note a temporary file or directory an atomic write is filling (see discard_temporaries)."""
+    with _PENDING_LOCK:
+        _PENDING.add(path)
+
+
+def forget_temporary(path: Path) -> None:
+    """The temporary ``path`` was renamed into place or removed: nothing to discard."""
+    with _PENDING_LOCK:
+        _PENDING.discard(path)
+
+
 def discard_temporaries() -> None:
-    """Remove the temporary file of every atomic_output block still open, in any thread.
+    """Remove every temporary file or directory of an atomic write still in progress.
 
     For a process that is being interrupted while another thread writes: the
-    target files are untouched (a temporary file is only renamed into place
-    when its block completes).
+    target files are untouched (a temporary is only renamed into place when its
+    write completes).
     """
     with _PENDING_LOCK:
         pending = list(_PENDING)
+        _PENDING.clear()
     for path in pending:
         with contextlib.suppress(OSError):
-            _remove(path)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 @contextlib.contextmanager
@@ -165,8 +183,7 @@ def atomic_output(
             f"cannot create a file in {target.parent}: {err.strerror}", path=target
         ) from None
     temporary = Path(name)
-    with _PENDING_LOCK:
-        _PENDING.add(temporary)
+    track_temporary(temporary)
     try:
         os.close(handle)
         yield temporary
@@ -179,8 +196,7 @@ def atomic_output(
     try:
         check_output(target, force=force, inputs=inputs)  # nothing changed while writing
         _publish(temporary, target, force=force)
-        with _PENDING_LOCK:
-            _PENDING.discard(temporary)
+        forget_temporary(temporary)
     except BaseException as err:
         _remove(temporary)
         if isinstance(err, OSError):
