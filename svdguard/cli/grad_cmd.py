@@ -156,6 +156,7 @@ def run(
     from svdguard.cli.render_grad import print_table, to_json, verdict_lines
     from svdguard.errors import IllDefinedGradientError, InputError
     from svdguard.io import find_record, read_tensors, write_tensor
+    from svdguard.io.text import printable
     from svdguard.linalg.matrix_input import check_matrix
     from svdguard.tolerances import compute_dtype
 
@@ -200,15 +201,16 @@ def run(
             output, comparison.gradient, key=record.key or "grad", force=force, inputs=inputs
         )
 
-    source = f"{path.name}[{record.key}]" if record.key else path.name
+    # Names from the file and the command line, escaped: a key cannot forge or break output.
+    source = printable(f"{path.name}[{record.key}]" if record.key else path.name)
     if output_format is OutputFormat.json:
         print(
             to_json(
                 report,
-                input=str(path),
-                key=record.key or None,
-                upstream=None if upstream is None else str(upstream),
-                output=None if written is None else str(written),
+                input=printable(path),
+                key=printable(record.key) if record.key else None,
+                upstream=None if upstream is None else printable(upstream),
+                output=None if written is None else printable(written),
             ),
             end="",
         )

@@ -96,6 +96,7 @@ _STYLES = {
 
 def print_table(console: Console, result: RepairResult) -> None:
     """One row per tensor: status, change, κ₂, min relative gap and rank before → after."""
+    from svdguard.io.text import printable
     table = Table(box=None, pad_edge=False)
     for column in (
         "status",
@@ -112,14 +113,14 @@ def print_table(console: Console, result: RepairResult) -> None:
     for row in result.records:
         table.add_row(
             Text(row.status.value, style=_STYLES.get(row.status.value, "")),
-            Text(row.key or row.name),
+            Text(printable(row.key or row.name)),  # a key from the file: escaped, never raw
             "×".join(map(str, row.shape)),
-            Text(row.dtype),
+            Text(printable(row.dtype)),
             _number(row.rel_change),
             _arrow(row.cond_before, row.cond_after),
             _arrow(row.rel_min_gap_before, row.rel_min_gap_after),
             _arrow(row.rank_before, row.rank_after),
-            Text(in_cli_words(row.detail)),
+            Text(printable(in_cli_words(row.detail))),
         )
     console.print(table)
 

@@ -326,3 +326,54 @@ def test_narrow_dtypes_work_in_their_compute_dtype(tmp_path: Path, dtype: torch.
     gradient = np.load(out)
     assert gradient.dtype == (np.complex64 if dtype.is_complex else np.float32)
     assert np.isfinite(gradient).all()
+
+
+# --- grad and repair print names from the file escaped too ------------------------------------
+
+#: A key that would colour a terminal and forge an annotation line if printed raw.
+HOSTILE_KEY = "w\x1b[31m\n::error file=README.md::forged"
+#: Every C0/C1 control character but the line feed, and the lone surrogates.
+RAW_CONTROL = "[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]"
+
+
+def _assert_clean(result: object) -> str:
+    import re
+
+    stdout = result.stdout_bytes.decode("utf-8")  # type: ignore[attr-defined]  # strict
+    stderr = result.stderr_bytes.decode("utf-8")  # type: ignore[attr-defined]
+    assert not re.search(RAW_CONTROL, stdout + stderr), repr(stdout + stderr)
+    assert not any(line.startswith("::error") for line in (stdout + stderr).splitlines())
+    return stdout
+
+
+@pytest.mark.parametrize("output_format", ["table", "json"])
+def test_grad_escapes_keys(tmp_path: Path, output_format: str) -> None:
+    weight = torch.from_numpy(_matrix(3, 3, 8))
+    torch.save({"w\udc80": weight}, tmp_path / "surrogate.pt")
+    save_file({HOSTILE_KEY: weight}, str(tmp_path / "hostile.safetensors"))
+    for path, key in (
+        (tmp_path / "surrogate.pt", "w\\udc80"),
+        (tmp_path / "hostile.safetensors", "w\\x1b[31m\\n::error"),
+    ):
+        result = invoke("grad", path, "--format", output_format)
+        assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
+        stdout = _assert_clean(result)
+        if output_format == "json":
+            assert json.loads(stdout)["key"].startswith(key)
+        else:
+            assert key in stdout
+
+
+def test_repair_escapes_keys(tmp_path: Path) -> None:
+    ill = torch.diag(torch.tensor([1.0, 1e-9, 0.5]))
+    save_file({HOSTILE_KEY: ill}, str(tmp_path / "hostile.safetensors"))
+    result = invoke(
+        "repair",
+        tmp_path / "hostile.safetensors",
+        "--max-cond",
+        "10",
+        "-o",
+        tmp_path / "fixed.safetensors",
+    )
+    assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
+    assert "w\\x1b[31m\\n::error" in _assert_clean(result)
