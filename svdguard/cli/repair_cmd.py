@@ -97,6 +97,7 @@ _STYLES = {
 def print_table(console: Console, result: RepairResult) -> None:
     """One row per tensor: status, change, κ₂, min relative gap and rank before → after."""
     from svdguard.io.text import printable
+
     table = Table(box=None, pad_edge=False)
     for column in (
         "status",

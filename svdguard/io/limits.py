@@ -57,9 +57,10 @@ SVD_MATRIX_COPIES: int = 1 + 2
 DEFAULT_MAX_TIME: float = 600.0
 
 #: Conservative speed of LAPACK's singular values (``torch.linalg.svdvals``), in units of
-#: m·n·min(m, n) per second: measured 2.3e9 to 3.6e9 for float64 square matrices of side
-#: 500 to 2000 on one core of a 2-core x86-64 machine; a third of the lower figure, so
-#: that a busy or slower machine still finishes within the estimate.
+#: m·n·min(m, n) per second: measured 6e9 to 8e9 for float64 square matrices of side 500
+#: to 2000 on one idle core of a 2-core x86-64 machine, 2.3e9 to 3.6e9 while other
+#: processes shared it; 1e9 stays below both, so that a busy or slower machine still
+#: finishes within the estimate (tests/io/test_io_limits.py times it).
 SVD_RATE: float = 1e9
 #: Cost of a complex SVD relative to a real one of the same shape (a complex multiply-add
 #: is four real ones).
