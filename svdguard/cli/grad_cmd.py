@@ -43,7 +43,8 @@ class OutputFormat(str, Enum):
 
 EPILOG = (
     "Exit codes: 0 the stabilized gradient is finite; 1 it is not (e.g. NaN input), or a "
-    "--fail-on condition holds; 2 usage or input error; 3 internal error; 130 interrupted."
+    "--fail-on condition holds; 2 usage or input error; 3 internal error; 130 interrupted; "
+    "143 terminated."
 )
 
 

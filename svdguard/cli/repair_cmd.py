@@ -43,7 +43,7 @@ pickles are refused. See docs/repair.md.
 EPILOG = (
     "Exit codes: 0 every bound met; 1 a bound the storage dtype cannot hold (or an all-zero "
     "matrix); 2 usage or input error, or a non-finite matrix without --skip-nonfinite; "
-    "130 interrupted."
+    "130 interrupted; 143 terminated."
 )
 
 #: Library parameter names → the flags that set them, for messages shown by the CLI.
