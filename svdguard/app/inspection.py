@@ -215,6 +215,36 @@ def _records(path: Path, max_elements: int) -> Iterator[TensorRecord | FailedRep
         yield failed_unit_report(unit) if isinstance(unit, FailedUnit) else unit
 
 
+#: Skips whose payload is still read when its format can check it: what is not a matrix
+#: (the user's exclusions, and tensors too large or too slow, are never read).
+_CHECKED_SKIPS = frozenset(
+    {SkipReason.SCALAR, SkipReason.VECTOR, SkipReason.EMPTY, SkipReason.INTEGER, SkipReason.BOOL}
+)
+#: Formats whose payload carries a checksum a header cannot vouch for: an .npz member's
+#: CRC-32 (safetensors and .npy extents are checked against the file when it is listed).
+_CHECKSUMMED_SUFFIXES = frozenset({".npz"})
+
+
+def _checked_skip(record: TensorRecord, skipped: SkippedTensor) -> InspectionItem:
+    """The skip row, or a failed row when the skipped tensor's payload is corrupt.
+
+    A corrupt member must not pass as "skipped, 1-d" just because it is not a matrix:
+    the payload of a skipped .npz member is read (bounded by the same size checks as any
+    load) so that its CRC-32 is checked.
+    """
+    if skipped.reason not in _CHECKED_SKIPS:
+        return skipped
+    if Path(record.path).suffix.lower() not in _CHECKSUMMED_SUFFIXES:
+        return skipped
+    try:
+        record.load()
+    except ResourceLimitError:
+        return skipped
+    except InputError as err:
+        return _failed(record, "load", _message(err))
+    return skipped
+
+
 def _alias_row(record: TensorRecord) -> SkippedTensor:
     return _skipped(
         record,
@@ -373,7 +403,7 @@ def _rows_of(
             continue
         skipped = skip_reason(record, selection)
         if skipped is not None:
-            yield skipped
+            yield _checked_skip(record, skipped)
             continue
         if record.alias_of is not None and record.alias_of in analysed:
             yield _alias_row(record)

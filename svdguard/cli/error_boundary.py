@@ -44,6 +44,9 @@ POLL_SECONDS = 0.05
 
 _ABANDONED = threading.Event()
 
+#: The terminal sequence that shows the cursor again (a progress display hides it).
+SHOW_CURSOR = "\x1b[?25h"
+
 
 class Terminated(BaseException):
     """SIGTERM arrived (raised in the main thread, like KeyboardInterrupt for SIGINT)."""
@@ -212,6 +215,9 @@ def exit_now_if_abandoned(code: int) -> None:
     from svdguard.io.writers import discard_temporaries
 
     discard_temporaries()
+    with contextlib.suppress(Exception):
+        if sys.stderr.isatty():  # the abandoned progress display hid the cursor: show it
+            sys.stderr.write(SHOW_CURSOR)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

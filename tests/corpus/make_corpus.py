@@ -708,6 +708,15 @@ def _npz_one_bad_member() -> bytes:
     return bytes(archive)
 
 
+def _npz_corrupt_vector_member() -> bytes:
+    """A good matrix beside a corrupt integer vector: the vector is skipped, yet checked."""
+    good = _npy_of(_seeded(3, 3, 13).numpy())
+    ids = _npy_of(np.arange(5, dtype=np.int64))
+    archive = bytearray(_npz_bytes({"w.npy": good, "ids.npy": ids}))
+    archive[archive.find(ids) + len(ids) - 2] ^= 0xFF  # the CRC-32 of "ids" no longer matches
+    return bytes(archive)
+
+
 def _subnormal(dtype: type) -> bytes:
     """A rank-one matrix of the smallest subnormal: σ = (3·tiny, 0, 0)."""
     return _npy_of(np.full((3, 3), np.finfo(dtype).smallest_subnormal, dtype=dtype))
@@ -764,6 +773,10 @@ def _cli_cases() -> list[tuple[CliCase, bytes | Callable[[Path], None]]]:
             _make_sharded_with_bad_shard,
         ),
         (CliCase("cli_npz_one_bad_member.npz", 2, "CRC-32 mismatch"), _npz_one_bad_member()),
+        (
+            CliCase("cli_npz_corrupt_vector_member.npz", 2, "ids: failed (load): corrupt member"),
+            _npz_corrupt_vector_member(),
+        ),
         (CliCase("cli_links", 2, "dangling link"), _make_links),
         (
             CliCase("cli_tied_weights.pt", 0, "skipped alias: 1"),
