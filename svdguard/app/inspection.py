@@ -35,11 +35,12 @@ import numpy as np
 import torch
 
 from svdguard.app.diagnose import Subject, nonfinite_report, report_from_spectrum
+from svdguard.app.formatting import format_number
 from svdguard.app.report import FailedReport, InspectionItem, SkippedTensor, SkipReason
 from svdguard.errors import InputError, NumericalError, ResourceLimitError
 from svdguard.io import DEFAULT_MAX_ELEMENTS, FailedUnit, TensorRecord, expand_inputs, iter_units
 from svdguard.io.dtypes import torch_dtype
-from svdguard.io.limits import DEFAULT_MAX_TIME, estimated_svd_seconds
+from svdguard.io.limits import DEFAULT_MAX_TIME, SVD_RATE, estimated_svd_seconds
 from svdguard.io.text import printable
 from svdguard.linalg.spectrum_analysis import (
     CUDA_DRIVERS,
@@ -175,8 +176,8 @@ def skip_reason(record: TensorRecord, selection: Selection) -> SkippedTensor | N
         return _skipped(
             record,
             SkipReason.TOO_SLOW,
-            f"its SVD is estimated at {seconds:,.0f} s, beyond max_time = "
-            f"{selection.max_time:,.0f} s; raise max_time= to analyse it",
+            f"its SVD is estimated at {seconds:,.0f} s (m·n·min(m, n) at {format_number(SVD_RATE)} per "
+            f"second), beyond max_time = {selection.max_time:g} s",
         )
     return None
 
