@@ -294,8 +294,8 @@ def run(
         "gap_tol": gap_tol,
         "max_elements": max_elements,
         "max_time": max_time,
-        "include": list(include or ()),
-        "exclude": list(exclude or ()),
+        "include": [printable(glob) for glob in include or ()],
+        "exclude": [printable(glob) for glob in exclude or ()],
     }
     items: list[InspectionItem] = []
     show_progress = not quiet and make_console(stderr=True).is_terminal

@@ -377,3 +377,15 @@ def test_repair_escapes_keys(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
     assert "w\\x1b[31m\\n::error" in _assert_clean(result)
+
+
+def test_a_file_name_that_is_not_utf8_is_escaped(tmp_path: Path) -> None:
+    """Linux file names are bytes: b"\\xff" reaches Python as the lone surrogate "\\udcff"."""
+    name = os.fsdecode(b"\xffweights.npy")
+    np.save(tmp_path / name, _matrix(3, 3, 9))
+    result = invoke("inspect", tmp_path / name, "--include", "\udcff*", "--format", "json")
+    assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
+    document = json.loads(_assert_clean(result))
+    assert document["rows"][0]["name"] == "\\udcffweights.npy"
+    assert document["settings"]["include"] == ["\\udcff*"]
+    assert document["settings"]["paths"][0].endswith("\\udcffweights.npy")
