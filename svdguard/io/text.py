@@ -10,9 +10,10 @@ character alone:
 
 * C0 controls, DEL and C1 controls: ``\\n``, ``\\r``, ``\\t``, else ``\\xNN``;
 * lone surrogates (U+D800–U+DFFF): ``\\udcff``;
-* characters that reorder or hide text (bidirectional overrides and isolates,
-  line and paragraph separators, zero-width joiners are kept: they occur in
-  real names): ``\\u202e``.
+* characters that reorder text or break lines without being controls
+  (bidirectional embeddings, overrides and isolates, the line and paragraph
+  separators, the byte-order mark): ``\\u202e``. Zero-width joiners are kept:
+  they occur in real names.
 
 What the report formats add on top (CSV quoting, JSON string escaping, the
 ``%``-escaping of GitHub workflow commands, Rich markup that is never parsed)
