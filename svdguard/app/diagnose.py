@@ -169,7 +169,9 @@ def _spectrum_numbers(
     cond = sigma_max / sigma_min if sigma_min > 0 else math.inf
     computed_rounding = tolerances.rounding_level(sigma_max, computed_in, m, n)
     cond_resolved = sigma_min > computed_rounding
-    cond_lower_bound = sigma_max / (sigma_min + computed_rounding) if sigma_max > 0 else math.inf
+    # A subnormal matrix: τ_p underflows to 0 and σ_min may be 0 too; the bound is then ∞.
+    resolvable = sigma_min + computed_rounding
+    cond_lower_bound = sigma_max / resolvable if sigma_max > 0 and resolvable > 0 else math.inf
     rank_tol = tolerances.inspect_rank_tolerance(sigma_max, working, computed_in, m, n)
     rank = int((s > rank_tol).sum())
     # Thresholds are those of the float64 analysis; a coarser precision only widens the margin.
@@ -288,7 +290,8 @@ def _findings(
     k = min(m, n)
     margin = x.margin
     typical = tolerances.typical_cond(m, n)
-    cond_low = x.sigma_max / (x.sigma_min + margin)
+    # A subnormal matrix: the margin underflows to 0 and σ_min may be 0 too.
+    cond_low = x.sigma_max / (x.sigma_min + margin) if x.sigma_min + margin > 0 else math.inf
     cond_high = x.sigma_max / (x.sigma_min - margin) if x.sigma_min > margin else math.inf
     gap = x.min_pair_gap
 

@@ -424,19 +424,37 @@ class _Rank:
             child.join(timeout=self.timeout.total_seconds())
 
 
+#: Ranks running in a worker thread, whose SIGTERM the main thread receives: the command
+#: line asks :func:`stopped_by_launcher` what to say (the rank itself cannot be interrupted).
+_RUNNING_OFF_MAIN: list[_Rank] = []
+
+
+def _stopped(rank_state: _Rank, signum: int) -> RankFailedError:
+    return RankFailedError(
+        f"rank {rank_state.rank} was stopped by the launcher (signal {signum}), "
+        f"which stops every rank when one ends; {rank_state.unfinished()}"
+    )
+
+
+def stopped_by_launcher(signum: int = signal.SIGTERM) -> RankFailedError | None:
+    """The error of the rank a SIGTERM stopped while it ran in a worker thread, if any."""
+    return _stopped(_RUNNING_OFF_MAIN[-1], signum) if _RUNNING_OFF_MAIN else None
+
+
 @contextmanager
 def _stop_on_sigterm(rank_state: _Rank) -> Iterator[None]:
     """SIGTERM (torchrun stopping every rank when one has died) → RankFailedError naming the
     ranks that had not finished, rather than an end without a word."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        _RUNNING_OFF_MAIN.append(rank_state)
+        try:
+            yield
+        finally:
+            _RUNNING_OFF_MAIN.remove(rank_state)
         return
 
     def stop(signum: int, frame: object) -> None:
-        raise RankFailedError(
-            f"rank {rank_state.rank} was stopped by the launcher (signal {signum}), "
-            f"which stops every rank when one ends; {rank_state.unfinished()}"
-        )
+        raise _stopped(rank_state, signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:

@@ -10,16 +10,24 @@ without weights skipped with their reason), and every tensor gives one row:
   matched by ``batch``), judged for the run's profile and rules;
 * :class:`~svdguard.app.report.SkippedTensor` for what is not a matrix (scalars,
   1-D, integer, bool, empty, excluded by name, optimizer state, above
-  ``max_elements``), and for each file of a directory that was not read;
+  ``max_elements`` or the memory, an SVD estimated to take longer than
+  ``max_time``, a second name of a tensor already analysed: an alias), and for
+  each file of a directory that was not read;
 * :class:`~svdguard.app.report.FailedReport` when a payload cannot be read or the
-  SVD fails after its retry; a file whose header cannot be read gives one
-  file-level failed row. Neither stops the run.
+  SVD fails after its retry; a file, shard or archive member whose header
+  cannot be read gives one failed row naming it. Neither stops the run.
+
+Every string a row carries from a file (key, dtype code, file name, a message
+quoting them) is passed through :func:`svdguard.io.text.printable`: control
+characters and lone surrogates are escaped, so no format can be forged or
+broken by a tensor's name.
 
 No rich, no typer: the CLI renders what this yields.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 import os
@@ -38,6 +46,7 @@ from svdguard.app.diagnose import (
     report_from_spectrum,
 )
 from svdguard.app.discovery import Discovered, discover
+from svdguard.app.formatting import format_number
 from svdguard.app.report import (
     FailedReport,
     InspectionItem,
@@ -47,9 +56,11 @@ from svdguard.app.report import (
 )
 from svdguard.app.rules import RuleSelection
 from svdguard.errors import InputError, NumericalError, ResourceLimitError
-from svdguard.io import DEFAULT_MAX_ELEMENTS, TensorRecord, iter_records
+from svdguard.io import DEFAULT_MAX_ELEMENTS, TensorRecord, iter_units
 from svdguard.io.dtypes import torch_dtype
+from svdguard.io.limits import DEFAULT_MAX_TIME, SVD_RATE, estimated_svd_seconds
 from svdguard.io.records import FailedUnit
+from svdguard.io.text import printable
 from svdguard.io.torch_format import iter_torch_records
 from svdguard.linalg.spectrum_analysis import (
     CUDA_DRIVERS,
@@ -71,6 +82,8 @@ __all__ = [
     "inspect",
     "is_optimizer_state",
     "resolve_device",
+    "failed_unit_report",
+    "printable_row",
     "resolve_precision",
     "skip_reason",
 ]
@@ -130,11 +143,12 @@ def is_optimizer_state(key: str) -> bool:
 
 @dataclass(frozen=True)
 class Selection:
-    """Which tensors are analysed: name globs (``fnmatch`` on the key) and a size limit.
+    """Which tensors are analysed: name globs (``fnmatch`` on the key), a size and a time limit.
 
     ``include_optimizer``: analyse optimizer-state tensors too (skipped by default).
     ``batch``: globs of ≥3-D tensors analysed as a stack of ``shape[0]`` matrices
     ``shape[1] × ∏ shape[2:]`` (mixture-of-experts weights) instead of one matrix.
+    ``max_time``: seconds the SVD of one matrix may be estimated to take.
     """
 
     include: tuple[str, ...] = ()
@@ -142,6 +156,7 @@ class Selection:
     max_elements: int = DEFAULT_MAX_ELEMENTS
     include_optimizer: bool = False
     batch: tuple[str, ...] = ()
+    max_time: float = DEFAULT_MAX_TIME
 
     def wants(self, name: str) -> bool:
         """True when ``name`` matches an include glob (or there is none) and no exclude glob."""
@@ -221,7 +236,25 @@ def skip_reason(
             SkipReason.TOO_LARGE,
             f"{numel:,} elements exceed max_elements = {selection.max_elements:,}",
         )
+    seconds = _svd_seconds(record.shape, dtype.is_complex, selection.stacked(name))
+    if seconds > selection.max_time:
+        return _skipped(
+            SkipReason.TOO_SLOW,
+            f"its SVD is estimated at {seconds:,.0f} s (m·n·min(m, n) at "
+            f"{format_number(SVD_RATE)} per second), beyond max_time = {selection.max_time:g} s",
+        )
     return None
+
+
+def _svd_seconds(shape: Sequence[int], is_complex: bool, stacked: bool) -> float:
+    """The estimated time of the SVD(s) of a tensor: one matrix shape[0] × ∏ shape[1:], or
+    (a stack) shape[0] matrices shape[1] × ∏ shape[2:]."""
+    if stacked and len(shape) >= 3:
+        count, rows = shape[0], shape[1]
+        columns = math.prod(shape[2:])
+        return count * estimated_svd_seconds(rows, columns, is_complex=is_complex)
+    rows = shape[0]
+    return estimated_svd_seconds(rows, math.prod(shape) // rows, is_complex=is_complex)
 
 
 def _message(err: BaseException) -> str:
@@ -269,10 +302,23 @@ def _lightning_records(
     return rows
 
 
+def failed_unit_report(unit: FailedUnit, labels: Discovered | None = None) -> FailedReport:
+    """The failed row of a file, shard or archive member that could not be listed."""
+    label = labels.label(unit.path) if labels is not None else Path(unit.path).name
+    return FailedReport(
+        name=label if unit.key is None else f"{label}[{unit.key}]",
+        reason=_message(unit.error),
+        stage="read",
+        path=str(unit.path),
+        key=unit.key,
+    )
+
+
 def _records(
     path: Path, max_elements: int, labels: Discovered
 ) -> Iterator[TensorRecord | SkippedTensor | FailedReport]:
-    """The records of one file; an unreadable header becomes one file-level failed row."""
+    """The records of one file; each part that cannot be listed (the file, a shard, an
+    archive member) becomes one failed row naming it, and the rest is still listed."""
     if path.suffix.lower() == ".ckpt":
         try:
             listed: Iterator[TensorRecord | SkippedTensor | FailedReport] = iter(
@@ -283,19 +329,62 @@ def _records(
                 name=labels.label(path), reason=_message(err), stage="read", path=str(path)
             )
             return
-    else:
-        listed = iter_records(path, max_elements=max_elements)
-    while True:
-        try:
-            record = next(listed)
-        except StopIteration:
-            return
-        except InputError as err:
-            yield FailedReport(
-                name=labels.label(path), reason=_message(err), stage="read", path=str(path)
-            )
-            return
-        yield record
+        yield from listed
+        return
+    for unit in iter_units(path, max_elements=max_elements):
+        yield failed_unit_report(unit, labels) if isinstance(unit, FailedUnit) else unit
+
+
+#: Skips whose payload is still read when its format can check it: what is not a matrix
+#: (the user's exclusions, and tensors too large or too slow, are never read).
+_CHECKED_SKIPS = frozenset(
+    {SkipReason.SCALAR, SkipReason.VECTOR, SkipReason.EMPTY, SkipReason.INTEGER, SkipReason.BOOL}
+)
+#: Formats whose payload carries a checksum a header cannot vouch for: an .npz member's
+#: CRC-32 (safetensors and .npy extents are checked against the file when it is listed).
+_CHECKSUMMED_SUFFIXES = frozenset({".npz"})
+
+
+def _checked_skip(
+    record: TensorRecord, skipped: SkippedTensor, labels: Discovered | None = None
+) -> InspectionItem:
+    """The skip row, or a failed row when the skipped tensor's payload is corrupt.
+
+    A corrupt member must not pass as "skipped, 1-d" just because it is not a matrix:
+    the payload of a skipped .npz member is read (bounded by the same size checks as any
+    load) so that its CRC-32 is checked.
+    """
+    if skipped.reason not in _CHECKED_SKIPS:
+        return skipped
+    if Path(record.path).suffix.lower() not in _CHECKSUMMED_SUFFIXES:
+        return skipped
+    try:
+        record.load()
+    except ResourceLimitError:
+        return skipped
+    except InputError as err:
+        return _failed(record, _name(record, labels), "load", _message(err))
+    return skipped
+
+
+def _alias_row(record: TensorRecord, labels: Discovered | None = None) -> SkippedTensor:
+    return _skipped_row(
+        record,
+        SkipReason.ALIAS,
+        f"the same tensor as {record.alias_of} (same storage, offset, shape and strides); "
+        "analysed once, under that name",
+        labels,
+    )
+
+
+def printable_row(item: InspectionItem) -> InspectionItem:
+    """``item`` with every string taken from a file escaped by :func:`printable`."""
+    changes = {
+        name: printable(value)
+        for name in ("name", "path", "key", "dtype", "reason", "detail")
+        if type(value := getattr(item, name, None)) is str and printable(value) != value
+    }
+    return dataclasses.replace(item, **changes) if changes else item  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -470,32 +559,53 @@ def _run(
     only: Container[tuple[str, str]] | None = None,
 ) -> Iterator[InspectionItem]:
     for skipped_file in discovered.skipped:
-        yield SkippedTensor(
-            name=discovered.label(skipped_file.path),
-            reason=skipped_file.reason,
-            path=str(skipped_file.path),
-            detail=skipped_file.detail,
+        yield printable_row(
+            SkippedTensor(
+                name=discovered.label(skipped_file.path),
+                reason=skipped_file.reason,
+                path=str(skipped_file.path),
+                detail=skipped_file.detail,
+            )
         )
     queue = _BatchQueue(analysis, CUDA_BATCH_BYTES) if batched else None
     for path in discovered.files:
-        for record in _records(path, selection.max_elements, discovered):
-            if isinstance(record, (FailedReport, SkippedTensor)):
-                yield record
-                continue
-            if only is not None and (str(record.path), record.key) not in only:
-                continue  # another rank's tensor (svdguard.app.distributed)
-            skipped = skip_reason(record, selection, discovered)
-            if skipped is not None:
-                yield skipped
-                continue
-            try:
-                yield from _analyse(record, selection, analysis, queue, discovered)
-            except Exception as err:  # noqa: BLE001 - one bad tensor must not stop a checkpoint
-                yield _failed(
-                    record, _name(record, discovered), "analyse", f"{type(err).__name__}: {err}"
-                )
+        for item in _rows_of(path, selection, analysis, queue, discovered, only):
+            yield printable_row(item)
         if queue is not None:
-            yield from queue.flush()
+            for item in queue.flush():
+                yield printable_row(item)
+
+
+def _rows_of(
+    path: Path,
+    selection: Selection,
+    analysis: _Analysis,
+    queue: _BatchQueue | None,
+    discovered: Discovered,
+    only: Container[tuple[str, str]] | None,
+) -> Iterator[InspectionItem]:
+    """The rows of one file; a tensor reached under a second name is analysed once."""
+    analysed: set[str] = set()
+    for record in _records(path, selection.max_elements, discovered):
+        if isinstance(record, (FailedReport, SkippedTensor)):
+            yield record
+            continue
+        if only is not None and (str(record.path), record.key) not in only:
+            continue  # another rank's tensor (svdguard.app.distributed)
+        skipped = skip_reason(record, selection, discovered)
+        if skipped is not None:
+            yield _checked_skip(record, skipped, discovered)
+            continue
+        if record.alias_of is not None and record.alias_of in analysed:
+            yield _alias_row(record, discovered)
+            continue
+        analysed.add(record.key)
+        try:
+            yield from _analyse(record, selection, analysis, queue, discovered)
+        except Exception as err:  # noqa: BLE001 - one bad tensor must not stop a checkpoint
+            yield _failed(
+                record, _name(record, discovered), "analyse", f"{type(err).__name__}: {err}"
+            )
 
 
 def inspect(
@@ -506,6 +616,7 @@ def inspect(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_time: float = DEFAULT_MAX_TIME,
     profile: Profile | str = Profile.HEALTH,
     max_cond: float | None = None,
     gap_rtol: float | None = None,
@@ -528,7 +639,9 @@ def inspect(
     default; float32 is faster, and a verdict it cannot resolve is reported as
     ``unresolved``). ``device``: ``"auto"`` (CUDA when available), ``"cpu"`` or
     ``"cuda"``. ``include`` / ``exclude``: ``fnmatch`` globs on the tensor's key.
-    ``max_elements``: larger tensors are skipped.
+    ``max_elements``: larger tensors are skipped. ``max_time``: a matrix whose SVD
+    is estimated to take longer (seconds, from m·n·min(m, n) at the rate of
+    :data:`svdguard.io.limits.SVD_RATE`) is skipped.
 
     Judging: ``profile`` ``"health"`` (is the checkpoint healthy to use?) or
     ``"svd-grad"`` (will differentiating through the SVD of its weights
@@ -577,8 +690,10 @@ def inspect(
     )
     if max_elements < 1:
         raise InputError(f"max_elements must be at least 1, got {max_elements}")
+    if not max_time > 0:  # NaN too
+        raise InputError(f"max_time must be a positive number of seconds, got {max_time}")
     selection = Selection(
-        tuple(include), tuple(exclude), max_elements, include_optimizer, tuple(batch)
+        tuple(include), tuple(exclude), max_elements, include_optimizer, tuple(batch), max_time
     )
     use_batches = analysis.device.type == "cuda" if batched is None else batched
     return _run(discovered, selection, analysis, use_batches, only)

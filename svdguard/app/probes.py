@@ -106,6 +106,10 @@ class Probe:
         return f"probe {self.name} (seed {self.seed})"
 
 
+#: Seeds torch.Generator.manual_seed accepts: a signed or unsigned 64-bit integer.
+SEED_RANGE = (-(2**63), 2**64)
+
+
 def make_probe(
     name: str,
     shape: tuple[int, ...] | torch.Size,
@@ -129,6 +133,10 @@ def make_probe(
         raise InputError(f"unknown probe loss {name!r}; choose one of {', '.join(LOSSES)}")
     if len(shape) < 2:
         raise InputError(f"a probe needs a (..., m, n) matrix shape, got {tuple(shape)}")
+    if not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
+        raise InputError(
+            f"seed must be an integer in [-2**63, 2**64) (torch's generator seeds), got {seed}"
+        )
     generator = torch.Generator().manual_seed(seed)
     shape_u, _, shape_vh = factor_shapes(shape)
     if name in ("polar", "reconstruct"):

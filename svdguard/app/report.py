@@ -129,6 +129,8 @@ class SkipReason(str, Enum):
     OPTIMIZER = "optimizer-state"  #: Adam moments, momentum buffers (``include_optimizer``)
     NOT_WEIGHTS = "not-weights"  #: a file of a checkpoint directory that holds no weights
     DUPLICATE = "duplicate"  #: a second copy of weights read from another file
+    TOO_SLOW = "too-slow"  #: its SVD is estimated to take longer than ``max_time``
+    ALIAS = "alias"  #: a second name of a tensor already analysed (tied weights)
 
 
 @dataclass(frozen=True)

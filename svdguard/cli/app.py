@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 
 from svdguard import __version__
-from svdguard.cli import explain_cmd, grad_cmd, inspect_cmd, repair_cmd, run_cmd
-from svdguard.cli.error_boundary import CliState
+from svdguard.cli import exit_codes, explain_cmd, grad_cmd, inspect_cmd, repair_cmd, run_cmd
+from svdguard.cli.error_boundary import CliState, exit_now_if_abandoned
 from svdguard.cli.exit_codes import EPILOG
 
 __all__ = ["app", "main"]
@@ -64,4 +64,8 @@ app.command("explain")(explain_cmd.run)
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except SystemExit as stop:  # a signal left a decomposition running: exit without waiting
+        exit_now_if_abandoned(stop.code if isinstance(stop.code, int) else exit_codes.USAGE)
+        raise

@@ -5,13 +5,18 @@
   line, greppable), whatever the width of the terminal the pipe started in;
   ``COLUMNS``, when set, still gives a width to fit tables to.
 * A report file (``-o``): never colour, whatever the environment.
+* Never Rich markup, emoji codes or highlighting: a cell, a title or a line
+  may hold a key or a dtype code taken from a file (``[/]``, ``:smile:``),
+  which must print as it is written; styles are given as ``Text`` styles.
+  Control characters in such strings are escaped before they get here
+  (``svdguard.io.text.printable``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import IO
+from typing import IO, Any
 
 from rich.console import Console
 
@@ -31,10 +36,13 @@ def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Consol
     stream = file if file is not None else (sys.stderr if stderr else sys.stdout)
     is_std = stream is sys.stdout or stream is sys.stderr
     if not is_std:  # a report file: plain text at natural width
-        return Console(
-            file=stream, highlight=False, color_system=None, width=UNBOUNDED_WIDTH, soft_wrap=True
-        )
-    console = Console(file=stream, highlight=False)
+        return _plain_console(stream, color_system=None, width=UNBOUNDED_WIDTH, soft_wrap=True)
+    console = _plain_console(stream)
     if fits_width(console):
         return console
-    return Console(file=stream, highlight=False, width=UNBOUNDED_WIDTH, soft_wrap=True)
+    return _plain_console(stream, width=UNBOUNDED_WIDTH, soft_wrap=True)
+
+
+def _plain_console(stream: IO[str], **settings: Any) -> Console:
+    """A console that prints text from a file literally: no markup, emoji or highlighting."""
+    return Console(file=stream, markup=False, emoji=False, highlight=False, **settings)

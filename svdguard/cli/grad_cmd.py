@@ -64,7 +64,8 @@ class OutputFormat(str, Enum):
 EPILOG = (
     "Exit codes: 0 the gradient is finite and nothing named by --fail-on holds (the last "
     "line says what was computed); 1 the gradient is not finite, or a --fail-on condition "
-    "holds (default: undefined); 2 usage or input error; 3 internal error; 130 interrupted."
+    "holds (default: undefined); 2 usage or input error; 3 internal error; 130 interrupted; "
+    "143 terminated."
 )
 
 
@@ -228,6 +229,7 @@ def run(
     from svdguard.cli.render_grad import print_table, shape_text, to_json, verdict_lines
     from svdguard.errors import IllDefinedGradientError, InputError
     from svdguard.io import find_record, read_tensors, write_tensor
+    from svdguard.io.text import printable
     from svdguard.linalg.matrix_input import check_matrix
     from svdguard.linalg.spectrum_analysis import as_matrix
     from svdguard.tolerances import compute_dtype
@@ -292,15 +294,16 @@ def run(
         notes.append(f"wrote dL/dA ({stored_text} {report.dtype}) to {written}")
     notes.append(f"exit {code}: " + ("; ".join(reasons) if reasons else computed(report)))
 
-    source = f"{path.name}[{record.key}]" if record.key else path.name
+    # Names from the file and the command line, escaped: a key cannot forge or break output.
+    source = printable(f"{path.name}[{record.key}]" if record.key else path.name)
     if output_format is OutputFormat.json:
         print(
             to_json(
                 report,
-                input=str(path),
-                key=record.key or None,
-                upstream=None if upstream is None else str(upstream),
-                output=None if written is None else str(written),
+                input=printable(path),
+                key=printable(record.key) if record.key else None,
+                upstream=None if upstream is None else printable(upstream),
+                output=None if written is None else printable(written),
                 view=shape_text(report),
                 fail_on=[flag.value for flag in chosen],
                 exit_code=code,

@@ -39,9 +39,11 @@ __all__ = [
     "run",
 ]
 
-#: ``svdguard.io.DEFAULT_MAX_ELEMENTS``, spelt out so that ``--help`` needs neither torch
-#: nor the readers; a test keeps it equal to the library's.
+#: ``svdguard.io.DEFAULT_MAX_ELEMENTS`` and ``svdguard.io.limits.DEFAULT_MAX_TIME``, spelt
+#: out so that ``--help`` needs neither torch nor the readers; a test keeps them equal to
+#: the library's.
 DEFAULT_MAX_ELEMENTS = 2**31
+DEFAULT_MAX_TIME = 600.0
 
 
 class OutputFormat(str, Enum):
@@ -155,9 +157,26 @@ def input_files(files: list[Path]) -> list[Path]:
     return found
 
 
-def exit_code(summary: InspectionSummary, fail_on: FailOn) -> int:
-    """2 when a file could not be read, 1 when a row reaches --fail-on, else 0."""
-    if summary.input_errors:
+def unusable(items: list[InspectionItem]) -> list[InspectionItem]:
+    """The rows of inputs that could not be used: a file, shard, member or payload that could
+    not be read (corrupt or refused as hostile), or a tensor of a dtype svdguard cannot read.
+
+    Resource skips (too large for max_elements or the memory, too slow for max_time) are
+    not among them: the file is fine, this machine or these limits are not.
+    """
+    from svdguard.app.report import FailedReport, SkippedTensor, SkipReason
+
+    return [
+        item
+        for item in items
+        if (isinstance(item, FailedReport) and item.stage in ("read", "load"))
+        or (isinstance(item, SkippedTensor) and item.reason is SkipReason.UNSUPPORTED_DTYPE)
+    ]
+
+
+def exit_code(summary: InspectionSummary, fail_on: FailOn, unusable_rows: int = 0) -> int:
+    """2 when an input could not be used, 1 when a row reaches --fail-on, else 0."""
+    if summary.input_errors or unusable_rows:
         return exit_codes.USAGE
     return exit_codes.FINDINGS if summary.reaches(fail_on.level) else exit_codes.OK
 
@@ -373,6 +392,15 @@ def run(
         int,
         typer.Option("--max-elements", min=1, help="Skip tensors with more elements than this."),
     ] = DEFAULT_MAX_ELEMENTS,
+    max_time: Annotated[
+        float,
+        typer.Option(
+            "--max-time",
+            metavar="SECONDS",
+            help="Skip a matrix whose SVD is estimated to take longer than this (from "
+            "m·n·min(m,n) at a conservative measured rate).",
+        ),
+    ] = DEFAULT_MAX_TIME,
     top: Annotated[
         int | None,
         typer.Option("--top", min=1, help="Show only the N worst rows (the summary counts all)."),
@@ -451,6 +479,7 @@ def run(
     from svdguard.app.rules import resolve_selectors
     from svdguard.cli.render_inspect import View
     from svdguard.io import atomic_output
+    from svdguard.io.text import printable
     from svdguard.io.writers import check_output
 
     config = ProjectConfig() if isolated else load_config(config_file)
@@ -498,6 +527,7 @@ def run(
         include=include_globs,
         exclude=exclude_globs,
         max_elements=max_elements,
+        max_time=max_time,
         profile=chosen_profile,
         max_cond=max_cond_value,
         gap_rtol=gap_tol_value,
@@ -511,7 +541,7 @@ def run(
     )
     rows = analyse() if launch is None else launch.rows(analyse, files, max_elements=max_elements)
     settings = {
-        "paths": [str(p) for p in files],
+        "paths": [printable(str(p)) for p in files],  # names as the rows show them
         "profile": chosen_profile,
         "precision": chosen_precision,
         "device": device.value,
@@ -523,8 +553,9 @@ def run(
         "max_cond": max_cond_value,
         "gap_tol": gap_tol_value,
         "max_elements": max_elements,
-        "include": include_globs,
-        "exclude": exclude_globs,
+        "max_time": max_time,
+        "include": [printable(glob) for glob in include_globs],
+        "exclude": [printable(glob) for glob in exclude_globs],
         "include_optimizer": include_optimizer,
         "batch": batch_globs,
         "config": None if config.path is None else str(config.path),
@@ -544,7 +575,8 @@ def run(
             items.append(item)
             tick(item)
     summary = InspectionSummary.of(items)
-    code = exit_code(summary, chosen_fail_on)
+    bad_inputs = unusable(items)
+    code = exit_code(summary, chosen_fail_on, len(bad_inputs))
     empty = summary.matrices == 0 and not summary.failed and not allow_empty
     if empty:
         code = exit_codes.USAGE
@@ -553,15 +585,19 @@ def run(
     if output is None:
         render(output_format, items, summary, settings, code, sys.stdout, view)
     else:
-        # Every file read, the shards of an index included (the rows name them).
-        inputs: list[str | Path] = [*files, *(i.path for i in items if i.path is not None)]
+        # Every file read, the shards of an index included (as named on disk: the rows'
+        # paths are escaped for display).
+        inputs: list[str | Path] = [*files, *input_files(files)]
         with atomic_output(output, force=force, inputs=inputs) as temporary:
             with open(temporary, "w", encoding="utf-8", newline="") as stream:
                 render(output_format, items, summary, settings, code, stream, view)
         if not quiet:
             say(f"{summary.line()} → exit {code}; report written to {output}")
-    if summary.input_errors and not quiet:
-        say(f"svdguard: error: {summary.input_errors} file(s) could not be read (see the report)")
+    if bad_inputs and not quiet:
+        say(
+            f"svdguard: error: {len(bad_inputs)} input(s) could not be used, "
+            f"e.g. {bad_inputs[0].name} (see the report)"
+        )
     if empty:
         say(
             f"svdguard: error: no matrix analysed: {why_empty(items, include_globs)}; "

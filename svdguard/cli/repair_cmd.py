@@ -43,7 +43,7 @@ pickles are refused. See docs/repair.md.
 EPILOG = (
     "Exit codes: 0 every bound met; 1 a bound the storage dtype cannot hold (or an all-zero "
     "matrix); 2 usage or input error, or a non-finite matrix without --skip-nonfinite; "
-    "130 interrupted."
+    "130 interrupted; 143 terminated."
 )
 
 #: Library parameter names → the flags that set them, for messages shown by the CLI.
@@ -96,6 +96,8 @@ _STYLES = {
 
 def print_table(console: Console, result: RepairResult) -> None:
     """One row per tensor: status, change, κ₂, min relative gap and rank before → after."""
+    from svdguard.io.text import printable
+
     table = Table(box=None, pad_edge=False)
     for column in (
         "status",
@@ -112,14 +114,14 @@ def print_table(console: Console, result: RepairResult) -> None:
     for row in result.records:
         table.add_row(
             Text(row.status.value, style=_STYLES.get(row.status.value, "")),
-            Text(row.key or row.name),
+            Text(printable(row.key or row.name)),  # a key from the file: escaped, never raw
             "×".join(map(str, row.shape)),
-            Text(row.dtype),
+            Text(printable(row.dtype)),
             _number(row.rel_change),
             _arrow(row.cond_before, row.cond_after),
             _arrow(row.rel_min_gap_before, row.rel_min_gap_after),
             _arrow(row.rank_before, row.rank_after),
-            Text(in_cli_words(row.detail)),
+            Text(printable(in_cli_words(row.detail))),
         )
     console.print(table)
 

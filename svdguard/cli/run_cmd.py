@@ -195,7 +195,7 @@ def run(
     _run(ctx.args, program, module, method, eigh_method, gauge_check, quiet)
 
 
-@guarded
+@guarded(worker=False)  # the program may install its own signal handlers
 def _run(
     rest: list[str],
     program: str | None,

@@ -22,6 +22,10 @@ to. The defaults:
 * memory: a tensor is refused when what its analysis needs exceeds the memory
   available (``MemAvailable`` of ``/proc/meminfo``, else ``os.sysconf``); see
   :func:`analysis_bytes` for the count.
+* time: ``DEFAULT_MAX_TIME = 600`` seconds per SVD, estimated before it starts
+  by :func:`estimated_svd_seconds` (m·n·min(m, n) at :data:`SVD_RATE`). A
+  square float64 matrix of side 8 400 is at the limit; a 128 256 × 16 384
+  embedding is estimated at 3.4e4 s and skipped unless ``max_time`` is raised.
 """
 
 from __future__ import annotations
@@ -46,6 +50,21 @@ WORKING_ITEMSIZE: int = 8
 #: ``gesdd`` overwrites its input, so torch hands it a copy (1 matrix); a decomposition
 #: with vectors adds U (m×k) and Vᴴ (k×n), (m + n)·k ≤ 2·m·n elements (2 matrices).
 SVD_MATRIX_COPIES: int = 1 + 2
+
+#: Seconds an SVD may be estimated to take before it is skipped (``max_time=``): ten
+#: minutes, long enough for every matrix of today's public checkpoints but their largest
+#: embeddings on one CPU core, short enough that a run over a whole checkpoint ends.
+DEFAULT_MAX_TIME: float = 600.0
+
+#: Conservative speed of LAPACK's singular values (``torch.linalg.svdvals``), in units of
+#: m·n·min(m, n) per second: measured 6e9 to 8e9 for float64 square matrices of side 500
+#: to 2000 on one idle core of a 2-core x86-64 machine, 2.3e9 to 3.6e9 while other
+#: processes shared it; 1e9 stays below both, so that a busy or slower machine still
+#: finishes within the estimate (tests/io/test_io_limits.py times it).
+SVD_RATE: float = 1e9
+#: Cost of a complex SVD relative to a real one of the same shape (a complex multiply-add
+#: is four real ones).
+COMPLEX_SVD_FACTOR: int = 4
 
 _MEMINFO = Path("/proc/meminfo")
 
@@ -81,6 +100,16 @@ def format_bytes(nbytes: int) -> str:
 def element_count(shape: Sequence[int]) -> int:
     """∏ shape as an exact Python int (no overflow, unlike numpy's int64 product)."""
     return math.prod(shape)
+
+
+def estimated_svd_seconds(rows: int, columns: int, *, is_complex: bool = False) -> float:
+    """Seconds the singular values of a rows × columns matrix are expected to take, at most.
+
+    t = m·n·min(m, n) / SVD_RATE (times COMPLEX_SVD_FACTOR for complex data):
+    the flop count of a bidiagonal reduction is a small multiple of m·n·min(m, n).
+    """
+    units = rows * columns * min(rows, columns)
+    return units * (COMPLEX_SVD_FACTOR if is_complex else 1) / SVD_RATE
 
 
 def analysis_bytes(shape: Sequence[int], itemsize: int, *, is_complex: bool = False) -> int:

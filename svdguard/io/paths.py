@@ -1,10 +1,11 @@
 """Turn command-line paths (files, directories, unexpanded globs) into tensor files.
 
-A path found by a glob or in a directory that is a dangling or looping
-symbolic link is returned all the same: reading it then fails with one
-InputError naming it (``iter_units`` yields it as a whole-file
-:class:`~svdguard.io.records.FailedUnit`, ``iter_records`` raises it), so the
-other paths proceed. A path named directly that does not exist raises here.
+A dangling or looping symbolic link, named directly (a shell expands a glob
+before svdguard sees it), found by a glob or in a directory, is returned all
+the same: reading it then fails with one InputError naming it (``iter_units``
+yields it as a whole-file :class:`~svdguard.io.records.FailedUnit`,
+``iter_records`` raises it), so the other paths proceed. A path named directly
+that does not exist at all raises here.
 """
 
 from __future__ import annotations
@@ -69,10 +70,8 @@ def _expand_one(raw: str | os.PathLike[str]) -> list[Path]:
     try:
         if path.is_dir():
             return _expand_directory(path)
-        if path.exists():
-            return [path]
-        if _is_link(path):
-            raise InputError(describe_missing(path), path=path)
+        if path.exists() or _is_link(path):
+            return [path]  # a dangling or looping link: its reader reports it, the rest proceed
     except InputError:
         raise  # an InputError is a ValueError too; it already says what is wrong
     except OSError as err:
@@ -129,8 +128,8 @@ def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     unexpanded is expanded here, sorted. Duplicates (the same file reached
     twice) are dropped, keeping the first. A missing path, a pattern matching
     nothing or a directory with nothing readable raises InputError naming it;
-    a broken symbolic link found by a pattern or in a directory is returned,
-    and fails when read (see the module docstring).
+    a broken symbolic link is returned, and fails when read (see the module
+    docstring).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]

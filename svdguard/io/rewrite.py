@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from svdguard.errors import InputError
+from svdguard.io.writers import forget_temporary, track_temporary
 
 #: Bytes copied per read/write step: large enough for full disk bandwidth, small against RAM.
 COPY_CHUNK_BYTES = 8 * 2**20
@@ -165,6 +166,7 @@ def atomic_file(target: Path, *, force: bool, inputs: Sequence[Path]) -> Iterato
         raise InputError(f"cannot create a file beside it: {err.strerror}", path=target) from None
     os.close(handle)
     temporary = Path(name)
+    track_temporary(temporary)  # removed by discard_temporaries if the process is interrupted
     try:
         yield temporary
         os.chmod(temporary, _default_mode())
@@ -172,8 +174,11 @@ def atomic_file(target: Path, *, force: bool, inputs: Sequence[Path]) -> Iterato
         check_target(target, force=force, inputs=inputs, directory=False)
         os.replace(temporary, target)
         _fsync_directory(target.parent)
+    except OSError as err:  # disk full, quota exceeded, I/O error while writing
+        raise InputError(f"cannot write: {err.strerror or err}", path=target) from None
     finally:
         _remove(temporary)
+        forget_temporary(temporary)
 
 
 @contextlib.contextmanager
@@ -192,6 +197,7 @@ def atomic_directory(target: Path, *, force: bool, inputs: Sequence[Path]) -> It
         raise InputError(
             f"cannot create a directory beside it: {err.strerror}", path=target
         ) from None
+    track_temporary(temporary)  # removed by discard_temporaries if the process is interrupted
     aside: Path | None = None
     try:
         yield temporary
@@ -207,8 +213,11 @@ def atomic_directory(target: Path, *, force: bool, inputs: Sequence[Path]) -> It
             os.replace(target, aside / "previous")
         os.replace(temporary, target)
         _fsync_directory(target.parent)
+    except OSError as err:  # disk full, quota exceeded, I/O error while writing
+        raise InputError(f"cannot write: {err.strerror or err}", path=target) from None
     finally:
         _remove(temporary)
+        forget_temporary(temporary)
         if aside is not None:
             _remove(aside)
 

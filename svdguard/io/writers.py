@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -22,7 +24,15 @@ from safetensors.torch import save_file
 
 from svdguard.errors import InputError, OutputExistsError
 
-__all__ = ["WRITABLE_SUFFIXES", "atomic_output", "check_output", "write_tensor"]
+__all__ = [
+    "WRITABLE_SUFFIXES",
+    "atomic_output",
+    "check_output",
+    "discard_temporaries",
+    "forget_temporary",
+    "track_temporary",
+    "write_tensor",
+]
 
 WRITABLE_SUFFIXES = (".npy", ".npz", ".safetensors")
 
@@ -102,6 +112,42 @@ def _default_mode() -> int:
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+    forget_temporary(path)
+
+
+#: Temporary files and directories of atomic writes still in progress (any thread).
+_PENDING: set[Path] = set()
+_PENDING_LOCK = threading.Lock()
+
+
+def track_temporary(path: Path) -> None:
+    """Note a temporary file or directory an atomic write is filling (see discard_temporaries)."""
+    with _PENDING_LOCK:
+        _PENDING.add(path)
+
+
+def forget_temporary(path: Path) -> None:
+    """The temporary ``path`` was renamed into place or removed: nothing to discard."""
+    with _PENDING_LOCK:
+        _PENDING.discard(path)
+
+
+def discard_temporaries() -> None:
+    """Remove every temporary file or directory of an atomic write still in progress.
+
+    For a process that is being interrupted while another thread writes: the
+    target files are untouched (a temporary is only renamed into place when its
+    write completes).
+    """
+    with _PENDING_LOCK:
+        pending = list(_PENDING)
+        _PENDING.clear()
+    for path in pending:
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 @contextlib.contextmanager
@@ -137,6 +183,7 @@ def atomic_output(
             f"cannot create a file in {target.parent}: {err.strerror}", path=target
         ) from None
     temporary = Path(name)
+    track_temporary(temporary)
     try:
         os.close(handle)
         yield temporary
@@ -149,6 +196,7 @@ def atomic_output(
     try:
         check_output(target, force=force, inputs=inputs)  # nothing changed while writing
         _publish(temporary, target, force=force)
+        forget_temporary(temporary)
     except BaseException as err:
         _remove(temporary)
         if isinstance(err, OSError):
@@ -229,6 +277,11 @@ def write_tensor(
     refused as :func:`atomic_output` refuses it (``inputs``, ``force``).
     """
     inputs = list(inputs)
+    if os.fspath(path) == "-":
+        raise InputError(
+            "a tensor file cannot go to stdout ('-'); give a file name ending in "
+            f"{', '.join(WRITABLE_SUFFIXES)}"
+        )
     target = check_output(path, force=force, inputs=inputs)  # what is refused, first
     suffix = target.suffix.lower()
     if suffix not in WRITABLE_SUFFIXES:

@@ -21,6 +21,7 @@ import io
 import json
 import struct
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -631,7 +632,207 @@ def _cases(directory: Path) -> list[tuple[str, bytes | Callable[[Path], None], t
         ("weights.h5", b"\x89HDF\r\n\x1a\n", InputError, "unknown file type '.h5'"),
         ("nothing_readable", _make_unreadable_directory, InputError, "holds no"),
         ("nan_matrix.npy", nan, None, ""),
+        ("pt_lone_surrogate_key.pt", lone_surrogate_key_pt(), None, ""),
     ]
+
+
+# --- the command-line corpus: every hostile case with its exit code and its bounds ---------
+
+
+class CliCase(NamedTuple):
+    """A file (or directory) for ``svdguard inspect``: the exit code it must give, a string
+    the report must show, and for a bomb the wall time and peak memory it may cost.
+
+    ``shows`` is searched in the table output; strings from the file appear there with
+    control characters and lone surrogates escaped (``\\n``, ``\\x1b``, ``\\udc80``).
+    ``max_seconds`` / ``max_rss_bytes``: bounds of a whole ``svdguard inspect`` process
+    (interpreter and torch included), None when the case is not a bomb.
+    """
+
+    filename: str
+    exit_code: int
+    shows: str
+    max_seconds: float | None = None
+    max_rss_bytes: int | None = None
+
+
+#: A key crafted to forge a GitHub annotation if printed raw: a newline, then a command.
+FORGED_ANNOTATION_KEY = "w\n::error file=README.md,line=1::forged"
+#: A key that would colour a terminal red if printed raw.
+ESCAPE_KEY = "\x1b[31mred"
+#: Keys that Rich would parse as markup ("[/]" closes a style that was never opened).
+MARKUP_KEYS = ("[/]", "[bold]x[/bold]")
+#: A file name holding a newline and a carriage return.
+NEWLINE_FILENAME = "name\nwith\rbreaks.npy"
+#: Side of the time bomb: a stride-0 expanded square whose SVD is estimated at side³ / rate
+#: = 8e12 / 1e9 = 8 000 s, above the default max_time of 600 s, and 4e8 elements, below
+#: max_elements: skipped for time, from its header, before anything is allocated.
+TIME_BOMB_SIDE = 20_000
+#: Wall time a bomb may cost a whole inspect process (interpreter and torch import take
+#: about 3 s of it on a shared 2-core machine): refused from its header, in milliseconds.
+BOMB_PROCESS_SECONDS = 30.0
+#: Peak memory a bomb may cost a whole inspect process: the interpreter with torch takes
+#: about 0.4 GiB; the bombs here would need 14 GiB (time bomb, float64 working copy and
+#: SVD buffers) to 1.5 TiB (expand bomb) if materialised.
+BOMB_PROCESS_RSS = 2 * 2**30
+
+
+def _seeded(rows: int, columns: int, seed: int) -> torch.Tensor:
+    """A well-conditioned float32 matrix (no tied singular values: its row is clean)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, columns, generator=generator) + 4 * torch.eye(rows, columns)
+
+
+def _make_sharded_with_bad_shard(path: Path) -> None:
+    """A sharded checkpoint whose second shard is truncated: the first is still analysed."""
+    from safetensors.torch import save_file
+
+    path.mkdir(exist_ok=True)
+    save_file({"good": _seeded(4, 4, 1)}, str(path / "model-00001-of-00002.safetensors"))
+    save_file({"bad": _seeded(4, 4, 2)}, str(path / "model-00002-of-00002.safetensors"))
+    bad = path / "model-00002-of-00002.safetensors"
+    bad.write_bytes(bad.read_bytes()[:-8])
+    weight_map = {
+        "good": "model-00001-of-00002.safetensors",
+        "bad": "model-00002-of-00002.safetensors",
+    }
+    (path / "model.safetensors.index.json").write_bytes(_index(weight_map))
+
+
+def _npz_one_bad_member() -> bytes:
+    good = _npy_of(_seeded(3, 3, 3).numpy())
+    bad = bytearray(_npy_of(_seeded(3, 3, 4).numpy()))
+    archive = bytearray(_npz_bytes({"good.npy": good, "bad.npy": bytes(bad)}))
+    position = archive.find(bytes(bad)) + len(bad) - 4
+    archive[position] ^= 0xFF  # the CRC-32 of "bad" no longer matches
+    return bytes(archive)
+
+
+def _npz_corrupt_vector_member() -> bytes:
+    """A good matrix beside a corrupt integer vector: the vector is skipped, yet checked."""
+    good = _npy_of(_seeded(3, 3, 13).numpy())
+    ids = _npy_of(np.arange(5, dtype=np.int64))
+    archive = bytearray(_npz_bytes({"w.npy": good, "ids.npy": ids}))
+    archive[archive.find(ids) + len(ids) - 2] ^= 0xFF  # the CRC-32 of "ids" no longer matches
+    return bytes(archive)
+
+
+def _subnormal(dtype: type) -> bytes:
+    """A rank-one matrix of the smallest subnormal: σ = (3·tiny, 0, 0)."""
+    return _npy_of(np.full((3, 3), np.finfo(dtype).smallest_subnormal, dtype=dtype))
+
+
+def _fp8_safetensors() -> bytes:
+    from safetensors.torch import save
+
+    values = _seeded(4, 4, 5)
+    return save({"e4m3": values.to(torch.float8_e4m3fn), "e5m2": values.to(torch.float8_e5m2)})
+
+
+def _make_links(path: Path) -> None:
+    """A directory holding a good matrix, a dangling link and a link that loops."""
+    path.mkdir(exist_ok=True)
+    (path / "a.npy").write_bytes(_npy_of(_seeded(3, 3, 6).numpy()))
+    for name, target in (("b.npy", "deleted.npy"), ("loop.npy", "loop.npy")):
+        if not (path / name).is_symlink():
+            (path / name).symlink_to(target)
+
+
+def _cli_cases() -> list[tuple[CliCase, bytes | Callable[[Path], None]]]:
+    eye = torch.eye(2)
+    return [
+        # Names and codes from the file: escaped in every format, never interpreted.
+        (CliCase("cli_lone_surrogate_key.pt", 0, "w\\udc80"), lone_surrogate_key_pt()),
+        (
+            CliCase("cli_forged_annotation_key.pt", 0, "w\\n::error file=README.md"),
+            _torch_bytes({FORGED_ANNOTATION_KEY: eye}),
+        ),
+        (
+            CliCase("cli_escape_key.pt", 0, "\\x1b[31mred"),
+            _torch_bytes({ESCAPE_KEY: _seeded(3, 3, 7)}),
+        ),
+        (
+            CliCase("cli_markup_keys.pt", 0, "[bold]x[/bold]"),
+            _torch_bytes({key: _seeded(3, 3, 8 + i) for i, key in enumerate(MARKUP_KEYS)}),
+        ),
+        (
+            CliCase("[red]x.npy", 0, "svdguard inspect [red]x.npy"),
+            _npy_of(_seeded(3, 3, 12).numpy()),
+        ),
+        (
+            CliCase("cli_markup_dtype.npy", 2, "[/]"),
+            npy_bytes("{'descr': '[/]', 'fortran_order': False, 'shape': (2, 2), }"),
+        ),
+        (
+            CliCase(NEWLINE_FILENAME, 0, "name\\nwith\\rbreaks.npy"),
+            _npy_of(_seeded(3, 3, 9).numpy()),
+        ),
+        # One bad unit never hides the others; a tensor reached twice is analysed once.
+        (
+            CliCase("cli_sharded_bad_shard", 2, "model-00002-of-00002.safetensors"),
+            _make_sharded_with_bad_shard,
+        ),
+        (CliCase("cli_npz_one_bad_member.npz", 2, "CRC-32 mismatch"), _npz_one_bad_member()),
+        (
+            CliCase("cli_npz_corrupt_vector_member.npz", 2, "ids: failed (load): corrupt member"),
+            _npz_corrupt_vector_member(),
+        ),
+        (CliCase("cli_links", 2, "dangling link"), _make_links),
+        (
+            CliCase("cli_tied_weights.pt", 0, "skipped alias: 1"),
+            _torch_bytes({"embed": (tied := _seeded(5, 3, 10)), "head": tied}),
+        ),
+        # Numbers at the edges of the float types.
+        (CliCase("cli_subnormal_float32.npy", 0, "rank-deficient"), _subnormal(np.float32)),
+        (CliCase("cli_subnormal_float64.npy", 0, "rank-deficient"), _subnormal(np.float64)),
+        (CliCase("cli_zero.npy", 0, "every entry is zero"), _npy_of(np.zeros((3, 4)))),
+        (CliCase("cli_fp8.safetensors", 0, "float8_e5m2"), _fp8_safetensors()),
+        (
+            CliCase("cli_complex32.pt", 0, "complex32"),
+            _torch_bytes({"c": _seeded(3, 3, 11).to(torch.complex64).to(torch.complex32)}),
+        ),
+        # Bombs: refused from the header, within a bounded time and memory.
+        (
+            CliCase("cli_time_bomb.pt", 0, "too-slow", BOMB_PROCESS_SECONDS, BOMB_PROCESS_RSS),
+            expand_bomb_pt(TIME_BOMB_SIDE),
+        ),
+        (
+            CliCase("cli_expand_bomb.pt", 0, "too-large", BOMB_PROCESS_SECONDS, BOMB_PROCESS_RSS),
+            expand_bomb_pt(),
+        ),
+        (
+            CliCase("cli_deflate_bomb.npz", 2, "w", BOMB_PROCESS_SECONDS, BOMB_PROCESS_RSS),
+            deflate_bomb_npz(),
+        ),
+        (
+            CliCase("cli_shared_dict_bomb.pt", 0, "a.a.a", BOMB_PROCESS_SECONDS, BOMB_PROCESS_RSS),
+            shared_dict_pt(),
+        ),
+        (
+            CliCase(
+                "cli_deflated_pickle.pt", 2, "is compressed", BOMB_PROCESS_SECONDS, BOMB_PROCESS_RSS
+            ),
+            deflated_pickle_pt(),
+        ),
+    ]
+
+
+def make_cli_corpus(directory: str | Path) -> list[CliCase]:
+    """Write the command-line corpus into ``directory`` and return its manifest."""
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    with warnings.catch_warnings():  # torch calls its complex32 support experimental
+        warnings.simplefilter("ignore", UserWarning)
+        cases = _cli_cases()
+    for case, content in cases:
+        target = directory / case.filename
+        if callable(content):
+            content(target)
+        else:
+            target.write_bytes(content)
+        manifest.append(case)
+    return manifest
 
 
 def _make_unreadable_directory(path: Path) -> None:
@@ -662,6 +863,8 @@ def main(argv: list[str]) -> int:
     for case in make_corpus(argv[1]):
         error = case.error.__name__ if case.error else "-"
         print(f"{case.filename}\t{error}\t{case.message}")
+    for cli_case in make_cli_corpus(Path(argv[1]) / "cli"):
+        print(f"cli/{cli_case.filename!r}\texit {cli_case.exit_code}\t{cli_case.shows!r}")
     return 0
 
 

@@ -221,11 +221,20 @@ def test_broken_links_become_per_path_failures(tmp_path: Path, how: str) -> None
     assert "loops" in str(outcome["loop1.npy"]) and "loops" in str(outcome["loop2.npy"])
 
 
-def test_a_named_broken_link_is_an_input_error(tmp_path: Path) -> None:
+def test_a_named_broken_link_fails_when_read_and_spares_the_others(tmp_path: Path) -> None:
+    """A shell expands ``*.npy`` before svdguard runs: a broken link arrives named directly."""
     _links(tmp_path)
+    named = [tmp_path / name for name in ("a.npy", "b.npy", "loop1.npy", "c.npy")]
+    assert expand_inputs(named) == named
+    units = [unit for file in named for unit in iter_units(file)]
+    failed = [unit for unit in units if isinstance(unit, FailedUnit)]
+    assert [unit.path.name for unit in failed] == ["b.npy", "loop1.npy"]
+    assert "dangling link" in failed[0].error.message and "loops" in failed[1].error.message
     with pytest.raises(InputError, match="dangling link") as info:
-        expand_inputs([tmp_path / "b.npy"])
+        read_tensor(tmp_path / "b.npy")
     assert "b.npy" in str(info.value)
+    with pytest.raises(InputError, match="no such file"):
+        expand_inputs([tmp_path / "never-existed.npy"])  # not a link: a usage error at once
 
 
 # --- dtypes and keys ------------------------------------------------------------------------

@@ -343,3 +343,38 @@ def test_streaming_peak_memory(tmp_path: Path) -> None:
     growth = int(result.stdout.strip())
     # One tensor, plus the interpreter's own small allocations: well under two tensors.
     assert growth < 2 * tensor_bytes, growth
+
+
+#: Side of the matrix timed against the estimate: large enough that LAPACK's time dominates
+#: the call overhead, small enough for a test (about 0.1 s).
+RATE_CHECK_SIDE = 600
+#: Timed repetitions; the fastest is kept, so that another process on the machine does not
+#: make the measurement slower than LAPACK is.
+RATE_CHECK_REPEATS = 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_svd_time_estimate_errs_on_the_long_side(dtype: torch.dtype) -> None:
+    import time
+
+    side = RATE_CHECK_SIDE
+    matrix = torch.randn(side, side, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the estimate is for one core
+    try:
+        fastest = float("inf")
+        for _ in range(RATE_CHECK_REPEATS):
+            start = time.perf_counter()
+            torch.linalg.svdvals(matrix)
+            fastest = min(fastest, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    estimate = limits_module.estimated_svd_seconds(side, side, is_complex=dtype.is_complex)
+    assert estimate == side**3 * (4 if dtype.is_complex else 1) / limits_module.SVD_RATE
+    assert fastest < estimate, (fastest, estimate)
+
+
+def test_svd_time_estimate_is_symmetric_and_exact_in_its_formula() -> None:
+    estimate = limits_module.estimated_svd_seconds
+    assert estimate(3000, 200) == estimate(200, 3000) == 3000 * 200 * 200 / limits_module.SVD_RATE
+    assert limits_module.DEFAULT_MAX_TIME == 600.0
