@@ -19,6 +19,7 @@ PARAMETER_FLAGS = {
     "gap_rtol": "--gap-tol",
     "precision": "--precision",
     "max_elements": "--max-elements",
+    "max_time": "--max-time",
     "include": "--include",
     "exclude": "--exclude",
     "device": "--device",

@@ -331,6 +331,8 @@ def skipped_text(
             how = " (analyse them with --include-optimizer)"
         elif reason == "too-large":
             how = f" (raise {parameter_flag('max_elements')})"
+        elif reason == "too-slow":
+            how = f" (raise {parameter_flag('max_time')})"
         hint = "" if show_excluded or not routine else "; --show-excluded lists them"
         lines.append(f"skipped {reason}: {len(items)}{how}{hint}")
         if show_excluded or not routine:
