@@ -506,7 +506,14 @@ def _csv_cell(value: Any) -> str:
         )
     if isinstance(value, float):
         return repr(value)
-    return str(value)
+    text = str(value)
+    # A text cell that a spreadsheet would read as a formula (a key such as "=HYPERLINK(…)")
+    # is quoted with a leading apostrophe, the usual defence against CSV formula injection.
+    return "'" + text if text[:1] in _FORMULA_STARTS else text
+
+
+#: First characters that make a spreadsheet evaluate a cell as a formula.
+_FORMULA_STARTS = frozenset("=+-@\t\r")
 
 
 def to_csv(items: Sequence[InspectionItem], view: View | None = None) -> str:

@@ -389,3 +389,23 @@ def test_a_file_name_that_is_not_utf8_is_escaped(tmp_path: Path) -> None:
     assert document["rows"][0]["name"] == "\\udcffweights.npy"
     assert document["settings"]["include"] == ["\\udcff*"]
     assert document["settings"]["paths"][0].endswith("\\udcffweights.npy")
+
+
+def test_csv_cells_that_look_like_formulas_are_quoted(tmp_path):
+    """A key a spreadsheet would evaluate ("=HYPERLINK(...)") is written with a leading apostrophe."""
+    import csv
+    import io
+
+    import torch
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from svdguard.cli.app import app
+
+    path = tmp_path / "formula.safetensors"
+    save_file({'=HYPERLINK("http://x","y")': torch.eye(3) * 2 + torch.ones(3, 3)}, str(path))
+    result = CliRunner().invoke(app, ["inspect", str(path), "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    keys = [row.get("key") or row.get("name") for row in rows]
+    assert any(k is not None and k.startswith("'=HYPERLINK") for k in keys), keys
+    assert not any(k is not None and k.startswith("=") for k in keys), keys
