@@ -148,7 +148,8 @@ def _ranks_and_sketch(
     k = s.numel()
     picks = sorted({round(i * (k - 1) / (SKETCH_POINTS - 1)) for i in range(SKETCH_POINTS)})
     tiny = torch.finfo(torch.float64).tiny
-    sketch = tuple(float(torch.log10((s[i] / s[0]).clamp_min(tiny))) for i in picks)
+    points = (s[picks] / s[0]).clamp_min(tiny).log10()  # one tensor op, not one per point
+    sketch = tuple(points.tolist())
     return stable, effective, sketch
 
 

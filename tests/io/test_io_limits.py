@@ -150,8 +150,26 @@ def test_memory_available_reads_meminfo() -> None:
 
 def test_memory_available_fallback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(limits_module, "_MEMINFO", tmp_path / "no_meminfo")
-    available = limits_module.memory_available()
+    available = limits_module._read_memory_available()
     assert available is None or available > 0
+
+
+def test_memory_reading_is_reused_for_its_time_to_live(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checking every tensor must not read /proc/meminfo every time; a stale reading is renewed."""
+    reads: list[int] = []
+
+    def fake_read() -> int:
+        reads.append(1)
+        return 123 * len(reads)
+
+    clock = [1000.0]
+    monkeypatch.setattr(limits_module, "_read_memory_available", fake_read)
+    monkeypatch.setattr(limits_module, "_last_reading", None)
+    monkeypatch.setattr(limits_module.time, "monotonic", lambda: clock[0])
+    assert [limits_module.memory_available() for _ in range(100)] == [123] * 100
+    assert len(reads) == 1
+    clock[0] += limits_module.MEMORY_READING_TTL_S
+    assert limits_module.memory_available() == 246 and len(reads) == 2
 
 
 def test_one_unreadable_dtype_does_not_stop_a_file(tmp_path: Path) -> None:
