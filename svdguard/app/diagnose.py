@@ -266,6 +266,7 @@ def report_from_spectrum(
     device: str,
     max_cond: float | None = None,
     gap_rtol: float | None = None,
+    method: str | None = "svd",
 ) -> MatrixReport:
     """Turn the descending spectrum ``s`` (k,) of ``subject`` into its report.
 
@@ -288,6 +289,7 @@ def report_from_spectrum(
         dtype=dtype_name(subject.dtype),
         compute_dtype=dtype_name(computed_in),
         device=device,
+        method=method,
         sigma_max=x.sigma_max,
         sigma_min=x.sigma_min,
         cond=x.cond,
@@ -353,4 +355,5 @@ def diagnose(
         device=spectrum.device,
         max_cond=max_cond,
         gap_rtol=gap_rtol,
+        method=spectrum.method,
     )

@@ -245,9 +245,11 @@ class _BatchQueue:
             except NumericalError as err:
                 yield _failed(pending.record, "svd", _message(err))
                 continue
-            yield self._report(pending, spectrum.values, spectrum.dtype)
+            yield self._report(pending, spectrum.values, spectrum.dtype, spectrum.method)
 
-    def _report(self, pending: _Pending, s: torch.Tensor, dtype: torch.dtype) -> InspectionItem:
+    def _report(
+        self, pending: _Pending, s: torch.Tensor, dtype: torch.dtype, method: str = "svd"
+    ) -> InspectionItem:
         return report_from_spectrum(
             s,
             pending.subject,
@@ -255,6 +257,7 @@ class _BatchQueue:
             device=str(self.analysis.device),
             max_cond=self.analysis.max_cond,
             gap_rtol=self.analysis.gap_rtol,
+            method=method,
         )
 
 
@@ -303,6 +306,7 @@ def _analyse(
         device=spectrum.device,
         max_cond=analysis.max_cond,
         gap_rtol=analysis.gap_rtol,
+        method=spectrum.method,
     )
 
 

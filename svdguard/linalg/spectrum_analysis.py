@@ -26,7 +26,7 @@ from svdguard.linalg.gram_spectrum import gram_singular_values
 
 __all__ = [
     "CUDA_DRIVERS",
-    "METHODS",
+    "ROUTES",
     "PRECISIONS",
     "Spectrum",
     "all_finite",
@@ -89,9 +89,9 @@ def count_close_pairs(s: torch.Tensor, tol: float) -> int:
     return int((upper - lower - 1).sum()) // 2
 
 
-#: How :func:`singular_values` may compute: ``"auto"`` (the Gram route where it is
+#: The routes :func:`singular_values` may take: ``"auto"`` (the Gram route where it is
 #: certified, else the SVD) or ``"svd"`` (always the SVD).
-METHODS = ("auto", "svd")
+ROUTES = ("auto", "svd")
 
 
 @dataclass(frozen=True)
@@ -132,15 +132,15 @@ def singular_values(
     *,
     precision: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
-    method: str = "auto",
+    route: str = "auto",
 ) -> Spectrum:
     """s_1 ≥ … ≥ s_k of a finite matrix by the cheapest certified method; SVDs retried once.
 
-    ``method="auto"`` with float64 ``precision`` on the CPU first tries the
+    ``route="auto"`` with float64 ``precision`` on the CPU first tries the
     Gram route (:func:`~svdguard.linalg.gram_spectrum.gram_singular_values`):
     κ₂ and every gap within ``tolerances.spectrum_report_rtol`` (1e-6) relative
     of a float64 SVD, or within the storage dtype's own resolution, else the
-    SVD below runs (``Spectrum.method`` says which served). ``method="svd"``
+    SVD below runs (``Spectrum.method`` says which served). ``route="svd"``
     skips it.
 
     SVD: first in ``analysis_dtype(storage, precision)`` (cuSOLVER's gesvd
@@ -150,14 +150,15 @@ def singular_values(
     removes overflow and underflow), with cuSOLVER's gesvdj on CUDA.
     Raises :class:`NumericalError` naming both failures when the retry fails too.
     """
-    if method not in METHODS:
-        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if route not in ROUTES:
+        raise InputError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
     target = torch.device(device) if device is not None else matrix.device
     on_cuda = target.type == "cuda"
-    if method == "auto" and precision == torch.float64 and not on_cuda:
+    if route == "auto" and precision == torch.float64 and not on_cuda:
         s = gram_singular_values(matrix.to(device=target), matrix.dtype)
         if s is not None:
-            return Spectrum(values=s, dtype=torch.float64, device=str(target), method="gram")
+            dtype = analysis_dtype(matrix.dtype, torch.float64)
+            return Spectrum(values=s, dtype=dtype, device=str(target), method="gram")
     attempts = [
         (analysis_dtype(matrix.dtype, precision), CUDA_DRIVERS[0] if on_cuda else None, False),
         (analysis_dtype(matrix.dtype, torch.float64), CUDA_DRIVERS[1] if on_cuda else None, True),

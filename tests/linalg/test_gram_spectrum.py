@@ -162,12 +162,12 @@ def test_zero_matrix_is_exact():
     assert spectrum.values.tolist() == [0.0, 0.0, 0.0]
 
 
-def test_method_svd_skips_the_gram_route_and_unknown_methods_are_refused():
+def test_route_svd_skips_the_gram_route_and_unknown_routes_are_refused():
     a = random_matrix(8, 4, seed=10)
-    assert singular_values(a, method="svd").method == "svd"
+    assert singular_values(a, route="svd").method == "svd"
     assert singular_values(a, precision=torch.float32).method == "svd"
-    with pytest.raises(InputError, match="method"):
-        singular_values(a, method="eig")
+    with pytest.raises(InputError, match="route"):
+        singular_values(a, route="eig")
 
 
 def test_gram_singular_values_refuses_what_it_cannot_vouch_for():
