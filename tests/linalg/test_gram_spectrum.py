@@ -109,23 +109,45 @@ def test_tie_in_float32_storage_is_resolved_to_the_storage_floor():
 def crossover_kappa(k: int, storage: torch.dtype) -> float:
     """κ where the certificate on σ_min flips, from its documented form (σ_max = 1).
 
-    δ = c·k·ε₆₄, e_k = δ/σ_min must be ≤ max(RTOL/2·σ_min, u_w): σ_min ≥ max(√(2δ/RTOL), δ/u_w).
+    δ = c·√k·ε₆₄; σ_min² ≥ δ, and e_k = δ/σ_min ≤ max(RTOL/2·σ_min, u_w):
+    σ_min ≥ max(min(√(2δ/RTOL), δ/u_w), √δ).
     """
-    delta = tolerances.GRAM_ERROR_FACTOR * k * float(np.finfo(np.float64).eps)
+    delta = tolerances.GRAM_ERROR_FACTOR * math.sqrt(k) * float(np.finfo(np.float64).eps)
     unit = float(torch.finfo(storage).eps) / 2
-    return 1.0 / min(math.sqrt(2 * delta / RTOL), delta / unit)
+    return 1.0 / max(min(math.sqrt(2 * delta / RTOL), delta / unit), math.sqrt(delta))
 
 
-# float32 storage moves σ_min by about u₃₂·σ_max: k = 512 puts the crossover (κ ≈ 1.3e5)
-# where that is ~1 %, so the stored matrix's κ stays on its side of it.
-@pytest.mark.parametrize(("storage", "k"), [(torch.float64, 4), (torch.float32, 512)])
-def test_the_certificate_switches_to_the_svd_at_the_crossover(storage, k):
+def signed_permuted_diagonal(values: torch.Tensor, m: int, seed: int) -> torch.Tensor:
+    """An m×k matrix P diag(values) Q with signed permutations P, Q: exact in any dtype."""
+    g = torch.Generator().manual_seed(seed)
+    k = values.numel()
+    a = torch.zeros(m, k, dtype=values.dtype)
+    rows, columns = torch.randperm(m, generator=g)[:k], torch.randperm(k, generator=g)
+    signs = torch.randint(0, 2, (k,), generator=g).to(values.dtype) * 2 - 1
+    a[rows, columns] = values * signs
+    return a
+
+
+def realized(values: list[float], m: int, k: int, storage: torch.dtype) -> torch.Tensor:
+    """A matrix stored in ``storage`` whose singular values are ``values`` (rounded to it).
+
+    float64: Haar-random factors. float32 rounding would move a σ_min near the
+    float32 crossover (κ ~ 1e7) by more than itself, so there the factors are
+    signed permutations, which store exactly.
+    """
+    if storage == torch.float64:
+        return with_singular_values(values, m, k, seed=7)
+    return signed_permuted_diagonal(torch.tensor(values, dtype=storage), m, seed=7)
+
+
+@pytest.mark.parametrize("storage", [torch.float64, torch.float32])
+def test_the_certificate_switches_to_the_svd_at_the_crossover(storage):
+    k = 4
     kappa_star = crossover_kappa(k, storage)
     methods = {}
     for factor in (0.5, 2.0):
         kappa = factor * kappa_star
-        values = torch.cat([torch.linspace(1.0, 0.1, k - 1), torch.tensor([1.0 / kappa])])
-        a = with_singular_values(values, k + 8, k, seed=7).to(storage)
+        a = realized([1.0, 0.7, 0.4, 1.0 / kappa], k + 8, k, storage)
         ref = reference(a)
         spectrum = singular_values(a)
         methods[factor] = spectrum.method
@@ -186,7 +208,9 @@ def test_certificate_closed_forms():
     tied = torch.tensor([1.0, 0.5, 0.5 - 1e-9, 0.4], dtype=torch.float64)
     assert not gram_certified(tied, 1e-10, 0.0, 1e-6)
     assert gram_certified(tied, 1e-10, 1e-9, 1e-6)
-    # A zero singular value: e_k = √δ > 0 = rtol·0, refused without a floor.
+    # A zero singular value: e_k = √δ > 0 = rtol·0, refused without a floor, and below √δ.
     assert not gram_certified(torch.tensor([1.0, 0.0], dtype=torch.float64), 1e-12, 0.0, 1e-6)
+    # σ_min = 1e-6 < √δ = 1e-5: refused even with a floor that covers its error bound.
+    assert not gram_certified(torch.tensor([1.0, 1e-6], dtype=torch.float64), 1e-10, 1.0, 1e-6)
     nan = torch.tensor([1.0, math.nan], dtype=torch.float64)
     assert not gram_certified(nan, 1e-12, 1.0, 1e-6)
