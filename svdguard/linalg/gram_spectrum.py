@@ -136,8 +136,9 @@ def gram_eigenvalues(matrix: torch.Tensor) -> tuple[torch.Tensor, float]:
     ``RuntimeError`` when the eigensolver fails.
     """
     wide = matrix.shape[-2] < matrix.shape[-1]
-    biggest = _largest_magnitude(matrix)
-    scale = _power_of_two_scale(biggest)
+    # Entries of ≤ 32-bit dtypes lie within 2^±150: only 64-bit ones can need a rescaling.
+    wide_range = torch.finfo(tolerances.real_dtype(matrix.dtype)).bits >= 64
+    scale = _power_of_two_scale(_largest_magnitude(matrix)) if wide_range else 1.0
     if matrix.is_complex() or matrix.device.type != "cpu":
         a = matrix.to(torch.complex128 if matrix.is_complex() else torch.float64)
         if scale != 1.0:
