@@ -7,8 +7,8 @@ A is m×n, k = min(m, n), s_1 ≥ … ≥ s_k its singular values. The Gram rout
 
 costs m·k² (a symmetric rank-k update: half a product) plus (4/3)·k³ for the
 eigenvalues, against the 4·m·k² − (4/3)·k³ of the bidiagonalisation an SVD
-starts with; measured 2–3× faster than ``torch.linalg.svdvals`` on the shapes of
-a transformer (``docs/benchmarks.md``). Squaring the singular values squares
+starts with; measured 1.5–2.7× faster than float64 ``torch.linalg.svdvals`` on
+the matrix shapes of MiniLM and BERT-base (``docs/benchmarks.md``). Squaring the singular values squares
 the condition number, so the route is only as good as the test below, which
 sends the matrix back to the SVD whenever it cannot vouch for the result.
 
@@ -44,7 +44,8 @@ failures.
 The computation is numpy's (``a.T @ a`` runs BLAS syrk; ``eigvalsh`` LAPACK
 syevd): on one thread it beat torch's product + ``eigvalsh`` by 20–25 % on the
 shapes of BERT-base (768×768: 0.071 s against 0.084 s; 3072×768: 0.120 s
-against 0.152 s, float64). Complex matrices, and matrices on a GPU, use torch.
+against 0.152 s, float64). :func:`gram_eigenvalues` computes complex matrices,
+and matrices on a GPU, with torch; ``singular_values`` takes the route on the CPU.
 """
 
 from __future__ import annotations
