@@ -214,3 +214,29 @@ def test_certificate_closed_forms():
     assert not gram_certified(torch.tensor([1.0, 1e-6], dtype=torch.float64), 1e-10, 1.0, 1e-6)
     nan = torch.tensor([1.0, math.nan], dtype=torch.float64)
     assert not gram_certified(nan, 1e-12, 1.0, 1e-6)
+
+
+def test_ill_conditioned_float32_is_served_within_the_storage_bound():
+    """κ = 1e4 in float32 storage: the Gram route serves it, κ₂ within max(RTOL, u₃₂·κ₂)."""
+    values = torch.logspace(0, -4, 64, dtype=torch.float64)
+    a = with_singular_values(values, 200, 64, seed=12).to(torch.float32)
+    spectrum = singular_values(a)
+    assert spectrum.method == "gram"
+    assert_report_accuracy(spectrum.values, reference(a), torch.float32, 200, 64)
+
+
+def test_inspect_rows_name_the_method(tmp_path):
+    import svdguard
+
+    np.save(tmp_path / "fine.npy", random_matrix(30, 10, seed=13).numpy())
+    np.save(
+        tmp_path / "deficient.npy", with_singular_values([2.0, 1.0, 0.0], 6, 3, seed=14).numpy()
+    )
+    rows = {row.name: row for row in svdguard.inspect(tmp_path)}
+    assert rows["fine.npy"].to_dict()["method"] == "gram"
+    assert rows["deficient.npy"].to_dict()["method"] == "svd"
+    np.testing.assert_allclose(
+        rows["fine.npy"].cond,
+        (lambda s: s[0] / s[-1])(np.linalg.svd(np.load(tmp_path / "fine.npy"), compute_uv=False)),
+        rtol=RTOL,
+    )
