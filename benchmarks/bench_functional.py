@@ -4,8 +4,9 @@ The baseline is the same function composed from torch.linalg.svd's factors
 (U Vᴴ, and V diag((s² + eps)^{-1/2}) Vᴴ), differentiated by torch's generic SVD
 backward. Both run in the same process, interleaved, on the same Gaussian
 inputs (well-separated singular values, so both are correct), with the loss
-⟨W, f(A)⟩. Prints medians over the repeats and the ratio svdguard/torch; the
-figures are only as steady as the machine is idle:
+⟨W, f(A)⟩, on a batch of small matrices, a square and a tall one. Prints
+medians over the repeats and the ratio svdguard/torch; the figures are only as
+steady as the machine is idle:
 
     python benchmarks/bench_functional.py [--repeats 15] [--threads N] [--device cuda]
 """
@@ -21,7 +22,7 @@ import torch
 
 from svdguard import functional
 
-CASES = [("256 x 32x32", (256, 32, 32)), ("512x512", (512, 512))]
+CASES = [("256 x 32x32", (256, 32, 32)), ("512x512", (512, 512)), ("4096x512", (4096, 512))]
 EPS_WHITEN = 1e-3  # gram_inv_sqrt regularization (a parameter of the function, not a tolerance)
 
 
@@ -31,7 +32,7 @@ def plain_polar(a: torch.Tensor) -> torch.Tensor:
 
 
 def plain_gram_inv_sqrt(a: torch.Tensor) -> torch.Tensor:
-    _, s, vh = torch.linalg.svd(a, full_matrices=False)  # square inputs: no complement term
+    _, s, vh = torch.linalg.svd(a, full_matrices=False)  # square or tall: no complement term
     return (vh.mH * torch.rsqrt(s * s + EPS_WHITEN).unsqueeze(-2)) @ vh
 
 
@@ -76,7 +77,8 @@ def main() -> None:
             for dtype in (torch.float32, torch.float64):
                 g = torch.Generator().manual_seed(0)
                 a = torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).to(device)
-                w = torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+                out_shape = plain(a).shape  # gram_inv_sqrt of an m×n matrix is n×n
+                w = torch.randn(*out_shape, generator=g, dtype=torch.float64).to(dtype).to(device)
                 for fn in (plain, ours):  # warm-up
                     time_once(fn, a, w)
                 t_plain, t_ours = [], []

@@ -1,26 +1,29 @@
-"""Time `svdguard inspect` on a BERT-base-shaped checkpoint against bare SVD loops.
+"""Time `svdguard inspect` against bare SVD loops on MiniLM and a BERT-base-shaped checkpoint.
 
-    python benchmarks/bench_inspect.py                 # the full model (~0.4 GB, about a minute a pass)
-    python benchmarks/bench_inspect.py --layers 1 --vocab 3000   # a quick version
-    python benchmarks/bench_inspect.py --checkpoint model.safetensors   # a file you have
+    python benchmarks/bench_inspect.py                   # both models, 2 alternated rounds
+    python benchmarks/bench_inspect.py --layers 1        # a quick version of the BERT shape
 
-The checkpoint (written to a temporary directory) has BERT-base's matrix shapes:
-a 30522×768 token embedding and, per layer, four 768×768 attention matrices, a
-3072×768 and a 768×3072 feed-forward matrix; float32, safetensors, BERT's
-N(0, 0.02²) initialisation. Three ways to get the singular values of all of it,
-each in its own fresh process (so that its peak RSS is its own), alternated
-``--repeat`` times, fastest kept:
+Two checkpoints, each measured in the same run:
+
+* MiniLM: ``/tmp/minilm/model/model.safetensors`` (or ``--minilm PATH``), skipped
+  with a message when absent;
+* BERT-base shapes: per layer four 768×768, one 3072×768 and one 768×3072
+  matrix, ``--layers`` (12) layers, float32, BERT's N(0, 0.02²) initialisation,
+  written to a temporary directory (``--vocab N`` adds an N×768 embedding).
+
+Three ways to get the singular values of every matrix, each in its own fresh
+process (so that its peak RSS is its own), alternated ``--repeat`` times,
+fastest kept:
 
 * ``svdguard``: the CLI in-process (``inspect PATH --format json --device cpu``,
-  stdout captured): loading, checks, float64 SVDs, diagnostics, JSON;
-* ``torch``: ``safe_open`` + ``torch.linalg.svdvals(t.double())`` per tensor;
-* ``torch-tall``: the same on the tall orientation (``t.mT`` when wide), as
-  svdguard does: torch's CPU svdvals is several times slower on wide matrices;
-* ``numpy``: ``safe_open`` + ``numpy.linalg.svd(t, compute_uv=False)`` in float64.
+  stdout captured): loading, checks, certified spectra, diagnostics, JSON;
+* ``loop``: ``safe_open`` + ``torch.linalg.svdvals`` in float64 per matrix, wide
+  matrices transposed (torch's CPU svdvals is several times faster tall);
+* ``numpy``: ``safe_open`` + ``numpy.linalg.svd(compute_uv=False)`` in float64.
 
-Printed: seconds, ratio to the torch loop (target for svdguard ≤ 1.15; its
-overhead proper is the ratio to torch-tall) and peak RSS beside the largest
-tensor's float64 size.
+Printed per checkpoint: seconds, ratio to the bare loop (target for svdguard
+≤ 0.5), peak RSS growth, how many matrices each method of svdguard served,
+and the largest relative difference of svdguard's κ₂ from the loop's float64 SVD.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ import time
 from pathlib import Path
 
 HIDDEN, INTERMEDIATE = 768, 3072
+MINILM = Path("/tmp/minilm/model/model.safetensors")
+VARIANTS = ("loop", "svdguard", "numpy")
 
 
 def shapes(layers: int, vocab: int) -> dict[str, tuple[int, int]]:
-    """The matrix shapes of a BERT-base encoder with ``layers`` layers."""
-    found = {"embeddings.word_embeddings.weight": (vocab, HIDDEN)}
+    """The matrix shapes of a BERT-base encoder with ``layers`` layers (and an embedding)."""
+    found = {"embeddings.word_embeddings.weight": (vocab, HIDDEN)} if vocab else {}
     for i in range(layers):
         prefix = f"encoder.layer.{i}."
         for name in ("query", "key", "value"):
@@ -73,13 +78,19 @@ def current_rss() -> int:
     return 0
 
 
-def measure(variant: str, path: Path, threads: int) -> dict[str, float]:
-    """Run one variant in this (fresh) process; seconds exclude the imports."""
+def measure(variant: str, path: Path, threads: int) -> dict[str, object]:
+    """Run one variant in this (fresh) process; seconds exclude the imports.
+
+    Returns the seconds, peak and baseline RSS, κ₂ per matrix (key → value) and,
+    for svdguard, how many matrices each method served.
+    """
     import numpy as np
     import torch
     from safetensors import safe_open
 
     torch.set_num_threads(threads)
+    cond: dict[str, float] = {}
+    methods: dict[str, int] = {}
     if variant == "svdguard":
         from typer.testing import CliRunner
 
@@ -93,55 +104,84 @@ def measure(variant: str, path: Path, threads: int) -> dict[str, float]:
     baseline = current_rss()  # after the imports: what the run itself adds is peak − this
     if variant == "svdguard":
         start = time.perf_counter()
-        args = ["inspect", str(path), "--format", "json", "--device", "cpu", "--isolated"]
-        result = runner.invoke(app, [*args, "--threads", str(threads)])
+        result = runner.invoke(app, ["inspect", str(path), "--format", "json", "--device", "cpu"])
         seconds = time.perf_counter() - start
-        if result.exit_code not in (0, 1):  # 2 would be an unreadable file or an empty run
+        if result.exit_code not in (0, 1):
             raise RuntimeError(f"svdguard inspect exited {result.exit_code}: {result.output}")
-        count = len(json.loads(result.stdout)["rows"])
+        for row in json.loads(result.stdout)["rows"]:
+            if row.get("kind") == "matrix" and row.get("cond") is not None:
+                cond[row["key"]] = row["cond"]
+                methods[row["method"]] = methods.get(row["method"], 0) + 1
     else:
         start = time.perf_counter()
-        count = 0
         with safe_open(str(path), framework="pt") as handle:
             for key in handle.keys():
                 tensor = handle.get_tensor(key)
-                if tensor.ndim != 2 or not tensor.is_floating_point():
-                    continue  # biases, norms and ids: svdguard skips them too
-                if variant == "torch":
-                    torch.linalg.svdvals(tensor.to(torch.float64))
-                elif variant == "torch-tall":  # the orientation trick svdguard uses
+                if tensor.ndim != 2 or min(tensor.shape) < 2:
+                    continue  # vectors: nothing to decompose (inspect skips them too)
+                if variant == "loop":
                     wide = tensor.shape[0] < tensor.shape[1]
-                    torch.linalg.svdvals((tensor.mT if wide else tensor).to(torch.float64))
+                    s = torch.linalg.svdvals((tensor.mT if wide else tensor).to(torch.float64))
+                    cond[key] = float(s[0] / s[-1])
                 else:
-                    np.linalg.svd(tensor.numpy().astype(np.float64), compute_uv=False)
-                count += 1
+                    s_np = np.linalg.svd(tensor.numpy().astype(np.float64), compute_uv=False)
+                    cond[key] = float(s_np[0] / s_np[-1])
                 del tensor
         seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return {"seconds": seconds, "peak_rss": peak, "baseline_rss": baseline, "matrices": count}
+    return {
+        "seconds": seconds,
+        "peak_rss": peak,
+        "baseline_rss": baseline,
+        "cond": cond,
+        "methods": methods,
+    }
 
 
-def in_subprocess(*args: str, threads: int) -> dict[str, float]:
+def in_subprocess(variant: str, path: Path, threads: int) -> dict:
     # numpy's bundled OpenBLAS takes every core unless told: give every variant the same.
     env = dict(os.environ)
-    env.update({name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
-    env["MKL_NUM_THREADS"] = str(threads)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = str(threads)
+    command = [sys.executable, __file__, "--measure", variant, "--path", str(path)]
     out = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, check=True, env=env
+        [*command, "--threads", str(threads)], capture_output=True, text=True, check=True, env=env
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(label: str, path: Path, repeat: int, threads: int) -> None:
+    best: dict[str, dict] = {}
+    for _ in range(repeat):
+        for variant in VARIANTS:
+            run = in_subprocess(variant, path, threads)
+            if variant not in best or run["seconds"] < best[variant]["seconds"]:
+                best[variant] = run
+    base = best["loop"]["seconds"]
+    print(f"\n{label}: {path.stat().st_size / 2**20:.0f} MiB, {len(best['loop']['cond'])} matrices")
+    print(f"{'variant':<10} {'seconds':>8} {'ratio':>6} {'growth':>10}")
+    for variant in VARIANTS:
+        run = best[variant]
+        growth = run["peak_rss"] - run["baseline_rss"]
+        print(
+            f"{variant:<10} {run['seconds']:8.2f} {run['seconds'] / base:6.3f} "
+            f"{growth / 2**20:6.0f} MiB"
+        )
+    ours, loop = best["svdguard"]["cond"], best["loop"]["cond"]
+    worst = max((abs(ours[k] / loop[k] - 1), k) for k in loop)
+    print(
+        f"svdguard methods: {best['svdguard']['methods']}; largest relative κ₂ difference from "
+        f"the float64 SVD loop: {worst[0]:.1e} ({worst[1]})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=12, help="encoder layers (BERT-base: 12)")
-    parser.add_argument("--vocab", type=int, default=30522, help="rows of the token embedding")
+    parser.add_argument("--vocab", type=int, default=0, help="rows of a token embedding (0: none)")
+    parser.add_argument("--minilm", type=Path, default=MINILM, help="MiniLM's model.safetensors")
     parser.add_argument("--repeat", type=int, default=2, help="alternated runs; fastest kept")
     parser.add_argument("--threads", type=int, default=1, help="BLAS/torch threads, every variant")
-    parser.add_argument("--numpy", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument(
-        "--checkpoint", help="time this .safetensors file instead of a generated one"
-    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -149,51 +189,20 @@ def main() -> None:
         print(json.dumps(measure(args.measure, Path(args.path), args.threads)))
         return
 
+    print(f"threads {args.threads} (torch, OpenBLAS, MKL), fastest of {args.repeat} rounds")
+    if args.minilm.is_file():
+        compare("MiniLM", args.minilm, args.repeat, args.threads)
+    else:
+        print(f"\nMiniLM: {args.minilm} not found, skipped")
     with tempfile.TemporaryDirectory() as directory:
-        if args.checkpoint:
-            path = Path(args.checkpoint)
-            size = path.stat().st_size / 2**20
-            print(f"checkpoint: {path} ({size:.0f} MiB); torch threads {args.threads}")
-        else:
-            path = Path(directory) / "bert-base.safetensors"
-            subprocess.run(
-                [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r});"
-                 f"import bench_inspect as b; from pathlib import Path;"
-                 f"b.generate(Path({str(path)!r}), {args.layers}, {args.vocab})"],
-                check=True,
-            )  # fmt: skip
-            matrices = shapes(args.layers, args.vocab)
-            largest = max(m * n for m, n in matrices.values())
-            print(
-                f"checkpoint: {len(matrices)} matrices, {path.stat().st_size / 2**20:.0f} MiB "
-                f"float32; largest {largest * 8 / 2**20:.0f} MiB in float64; torch threads "
-                f"{args.threads}"
-            )
-        variants = ["torch", "torch-tall", "svdguard"] + (["numpy"] if args.numpy else [])
-        best: dict[str, dict[str, float]] = {}
-        for _ in range(args.repeat):
-            for variant in variants:
-                run = in_subprocess(
-                    "--measure",
-                    variant,
-                    "--path",
-                    str(path),
-                    "--threads",
-                    str(args.threads),
-                    threads=args.threads,
-                )
-                if variant not in best or run["seconds"] < best[variant]["seconds"]:
-                    best[variant] = run
-        base = best["torch"]["seconds"]
-        print(f"{'variant':<10} {'seconds':>8} {'ratio':>6} {'peak RSS':>10} {'growth':>10}")
-        for variant in variants:
-            run = best[variant]
-            growth = run["peak_rss"] - run["baseline_rss"]
-            print(
-                f"{variant:<10} {run['seconds']:8.2f} {run['seconds'] / base:6.3f} "
-                f"{run['peak_rss'] / 2**20:6.0f} MiB {growth / 2**20:6.0f} MiB"
-            )
-        print("growth: peak RSS minus the RSS after imports (the run's own memory)")
+        path = Path(directory) / "bert-base.safetensors"
+        subprocess.run(
+            [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r});"
+             f"import bench_inspect as b; from pathlib import Path;"
+             f"b.generate(Path({str(path)!r}), {args.layers}, {args.vocab})"],
+            check=True,
+        )  # fmt: skip
+        compare(f"BERT-base shapes ({args.layers} layers)", path, args.repeat, args.threads)
 
 
 if __name__ == "__main__":

@@ -463,6 +463,7 @@ def report_from_spectrum(
     device: str,
     judgement: Judgement | None = None,
     keep_spectrum: bool = False,
+    method: str | None = "svd",
 ) -> MatrixReport:
     """Turn the descending spectrum ``s`` (k,) of ``subject`` into its report.
 
@@ -483,6 +484,7 @@ def report_from_spectrum(
         dtype=dtype_name(subject.dtype),
         compute_dtype=dtype_name(computed_in),
         device=device,
+        method=method,
         sigma_max=x.sigma_max,
         sigma_min=x.sigma_min,
         cond=x.cond,
@@ -566,4 +568,5 @@ def diagnose(
         computed_in=spectrum.dtype,
         device=spectrum.device,
         judgement=judgement,
+        method=spectrum.method,
     )

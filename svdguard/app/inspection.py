@@ -465,11 +465,17 @@ class _BatchQueue:
             except NumericalError as err:
                 yield _failed(pending.record, pending.subject.name, "svd", _message(err))
                 continue
-            yield _report(pending.subject, spectrum.values, spectrum.dtype, self.analysis)
+            yield _report(
+                pending.subject, spectrum.values, spectrum.dtype, self.analysis, spectrum.method
+            )
 
 
 def _report(
-    subject: Subject, s: torch.Tensor, dtype: torch.dtype, analysis: _Analysis
+    subject: Subject,
+    s: torch.Tensor,
+    dtype: torch.dtype,
+    analysis: _Analysis,
+    method: str = "svd",
 ) -> InspectionItem:
     return report_from_spectrum(
         s,
@@ -478,6 +484,7 @@ def _report(
         device=str(analysis.device),
         judgement=analysis.judgement(subject.key or subject.name),
         keep_spectrum=analysis.keep_spectrum,
+        method=method,
     )
 
 
@@ -507,7 +514,7 @@ def _analyse_matrix(
     except NumericalError as err:
         yield _failed(record, subject.name, "svd", _message(err))
         return
-    yield _report(subject, spectrum.values, spectrum.dtype, analysis)
+    yield _report(subject, spectrum.values, spectrum.dtype, analysis, spectrum.method)
 
 
 def _analyse(

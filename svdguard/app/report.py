@@ -178,6 +178,7 @@ class MatrixReport:
     dtype: str  #: the storage dtype, as torch spells it ("bfloat16")
     compute_dtype: str  #: the dtype the singular values were computed in
     device: str  #: where they were computed ("cpu", "cuda:0")
+    method: str | None = None  #: "gram" or "svd" (``svdguard.linalg.spectrum_analysis.Spectrum``)
     path: str | None = None
     key: str | None = None
     nonfinite: int = 0  #: count of NaN/±Inf entries; when > 0 the numbers below are None
@@ -231,6 +232,7 @@ class MatrixReport:
             "dtype": self.dtype,
             "compute_dtype": self.compute_dtype,
             "device": self.device,
+            "method": self.method,
             "nonfinite": self.nonfinite,
             "sigma_max": self.sigma_max,
             "sigma_min": self.sigma_min,

@@ -86,17 +86,18 @@ class _GramSpectral(torch.autograd.Function):
         scaled_e, scaled_e0 = ctx.kernel.derivatives(s, singular_value_tolerance(s, m, n))
         # Only the Hermitian part Gs of G acts on Φ(B); W = Vᴴ Gs V = (P + Pᴴ)/2, P = Vᴴ G V,
         # so 2 (sE ∘ W) = sE ∘ (P + Pᴴ): symmetrize on the k×k side, the factor 2 cancels.
+        # Every product below is k×k by k×n except the last, U (m×k) times the k×n bracket:
+        # one m·k·n product, not two (U (M Vᴴ), never (U M) Vᴴ, which costs m·k² more).
         v = vh.mH
         if n == k:
             p = vh @ grad_f @ v
-            grad_a = u @ (scaled_e * (p + p.mH)) @ vh
+            inner = (scaled_e * (p + p.mH)) @ vh
         else:
             vg = (vh @ grad_f + (grad_f @ v).mH) * 0.5  # Vᴴ Gs, needed whole for the complement
             w = vg @ v
-            grad_a = u @ (scaled_e * (2 * w)) @ vh
-            # + 2 U diag(s e0) Vᴴ Gs (I − VVᴴ) = 2 U diag(s e0) (VᴴGs − W Vᴴ)
-            grad_a = grad_a + u @ ((2 * scaled_e0).unsqueeze(-1) * (vg - w @ vh))
-        return first_order_only(grad_a, a), None
+            # 2 (sE ∘ W) Vᴴ + 2 diag(s e0) Vᴴ Gs (I − VVᴴ) = … + 2 diag(s e0) (VᴴGs − W Vᴴ)
+            inner = (scaled_e * (2 * w)) @ vh + (2 * scaled_e0).unsqueeze(-1) * (vg - w @ vh)
+        return first_order_only(u @ inner, a), None
 
 
 def gram_spectral(a: torch.Tensor, kernel: GramKernel) -> tuple[torch.Tensor, torch.Tensor]:

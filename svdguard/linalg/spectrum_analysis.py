@@ -2,8 +2,10 @@
 
 * :func:`as_matrix`: the matrix a tensor is analysed as (≥3-D tensors are
   flattened to ``shape[0] × ∏ shape[1:]``);
-* :func:`singular_values`: s_1 ≥ … ≥ s_k, with one retry (float64, an exact
-  power-of-two rescaling, another CUDA driver) when the decomposition fails;
+* :func:`singular_values`: s_1 ≥ … ≥ s_k from the cheapest certified method
+  (the float64 Gram route of :mod:`svdguard.linalg.gram_spectrum`, else the SVD),
+  with one retry of the SVD (float64, an exact power-of-two rescaling, another
+  CUDA driver) when the decomposition fails;
   :func:`batched_singular_values` for a stack of same-shape matrices;
 * :func:`count_close_pairs`: #{i < j : |s_i − s_j| ≤ tol} in O(k log k);
 * :func:`all_finite`, :func:`count_nonfinite`: NaN/±Inf entries, every float dtype.
@@ -20,9 +22,11 @@ from dataclasses import dataclass
 import torch
 
 from svdguard.errors import InputError, NumericalError
+from svdguard.linalg.gram_spectrum import gram_singular_values
 
 __all__ = [
     "CUDA_DRIVERS",
+    "ROUTES",
     "PRECISIONS",
     "Spectrum",
     "all_finite",
@@ -85,13 +89,24 @@ def count_close_pairs(s: torch.Tensor, tol: float) -> int:
     return int((upper - lower - 1).sum()) // 2
 
 
+#: The routes :func:`singular_values` may take: ``"auto"`` (the Gram route where it is
+#: certified, else the SVD) or ``"svd"`` (always the SVD).
+ROUTES = ("auto", "svd")
+
+
 @dataclass(frozen=True)
 class Spectrum:
-    """Singular values (float64, CPU, descending) and where they were computed."""
+    """Singular values (float64, CPU, descending), where and how they were computed.
+
+    ``method`` is ``"gram"`` (eigenvalues of the float64 Gram matrix, certified
+    to ``tolerances.spectrum_report_rtol`` by :mod:`svdguard.linalg.gram_spectrum`)
+    or ``"svd"``.
+    """
 
     values: torch.Tensor
     dtype: torch.dtype
     device: str
+    method: str = "svd"
 
 
 def tall(a: torch.Tensor) -> torch.Tensor:
@@ -117,18 +132,33 @@ def singular_values(
     *,
     precision: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    route: str = "auto",
 ) -> Spectrum:
-    """s_1 ≥ … ≥ s_k of a finite matrix, retried once when the decomposition fails.
+    """s_1 ≥ … ≥ s_k of a finite matrix by the cheapest certified method; SVDs retried once.
 
-    First attempt: in ``analysis_dtype(storage, precision)`` (cuSOLVER's gesvd
+    ``route="auto"`` with float64 ``precision`` on the CPU first tries the
+    Gram route (:func:`~svdguard.linalg.gram_spectrum.gram_singular_values`):
+    κ₂ and every gap within ``tolerances.spectrum_report_rtol`` (1e-6) relative
+    of a float64 SVD, or within the storage dtype's own resolution, else the
+    SVD below runs (``Spectrum.method`` says which served). ``route="svd"``
+    skips it.
+
+    SVD: first in ``analysis_dtype(storage, precision)`` (cuSOLVER's gesvd
     on CUDA). On ``torch.linalg.LinAlgError`` (non-convergence), another
     runtime error, or non-finite singular values (an overflow), the retry runs
     in float64 on the matrix scaled by a power of two into [½, 1) (exact; it
     removes overflow and underflow), with cuSOLVER's gesvdj on CUDA.
     Raises :class:`NumericalError` naming both failures when the retry fails too.
     """
+    if route not in ROUTES:
+        raise InputError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
     target = torch.device(device) if device is not None else matrix.device
     on_cuda = target.type == "cuda"
+    if route == "auto" and precision == torch.float64 and not on_cuda:
+        s = gram_singular_values(matrix.to(device=target), matrix.dtype)
+        if s is not None:
+            dtype = analysis_dtype(matrix.dtype, torch.float64)
+            return Spectrum(values=s, dtype=dtype, device=str(target), method="gram")
     attempts = [
         (analysis_dtype(matrix.dtype, precision), CUDA_DRIVERS[0] if on_cuda else None, False),
         (analysis_dtype(matrix.dtype, torch.float64), CUDA_DRIVERS[1] if on_cuda else None, True),

@@ -307,6 +307,7 @@ def test_subnormal_and_zero_matrices_give_their_rows(dtype: type) -> None:
     assert zero.rank == 0 and "zero" in zero.flags
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental:UserWarning")
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.complex32])
 def test_narrow_dtypes_work_in_their_compute_dtype(tmp_path: Path, dtype: torch.dtype) -> None:
     base = torch.from_numpy(_matrix(4, 4, 7)).float() + 4 * torch.eye(4)
