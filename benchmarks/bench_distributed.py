@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 
 from svdguard.app.distributed import Launch
 from svdguard.app.inspection import inspect
+from svdguard.app.threads import limit_cpu_threads
 
 
 def shapes(matrices: int, smallest: int, largest: int) -> dict[str, tuple[int, int]]:
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--largest", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    limit_cpu_threads(1)  # torch and numpy's BLAS (the Gram route): one thread, as each rank
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "model.safetensors"
         generate(path, args.matrices, args.smallest, args.largest)

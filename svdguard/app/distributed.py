@@ -51,6 +51,7 @@ from torch.distributed import (  # type: ignore[attr-defined]  # re-exported by 
 )
 
 from svdguard.app.report import InspectionItem
+from svdguard.app.threads import cpu_threads, limit_cpu_threads
 from svdguard.errors import InputError, SvdguardError
 from svdguard.io import DEFAULT_MAX_ELEMENTS, TensorRecord, iter_units
 from svdguard.io.dtypes import torch_dtype
@@ -504,7 +505,7 @@ def _child(
     run: int,
 ) -> None:
     """A spawned rank of ``jobs=N``: its share, then the exchange with rank 0."""
-    torch.set_num_threads(threads)
+    limit_cpu_threads(threads)
     _use_device(rank)
     timeout = timedelta(seconds=timeout_s)
     store = TCPStore(LOCALHOST, port, world_size, is_master=False, timeout=timeout)
@@ -669,18 +670,16 @@ class Launch:
             for rank in range(1, self.world_size)
         ]
         rank_state = _Rank(store, 0, self.world_size, self.timeout, run, children)
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
         try:
             for child in children:
                 child.start()
-            result = rank_state.contribute(analyse, files, max_elements)
+            with cpu_threads(threads):
+                result = rank_state.contribute(analyse, files, max_elements)
             rank_state.wait_for_all()
             rows = rank_state.exchange(result)
             for child in children:
                 child.join(timeout=self.timeout.total_seconds())
         finally:
-            torch.set_num_threads(before)
             rank_state.close()
             rank_state.stop_children()
         self.busy_s, self.cpu_s, self.loads = rank_state.busy_s, rank_state.cpu_s, rank_state.loads

@@ -469,14 +469,13 @@ def run(
 ) -> None:
     import functools
 
-    import torch
-
     from svdguard.app.config import ProjectConfig, load_config
     from svdguard.app.discovery import discover
     from svdguard.app.distributed import Launch
     from svdguard.app.inspection import inspect
     from svdguard.app.report import InspectionSummary
     from svdguard.app.rules import resolve_selectors
+    from svdguard.app.threads import limit_cpu_threads
     from svdguard.cli.render_inspect import View
     from svdguard.io import atomic_output
     from svdguard.io.text import printable
@@ -510,7 +509,7 @@ def run(
     include_globs = list(include or config.get("include") or ())
     exclude_globs = list(exclude or config.get("exclude") or ())
     batch_globs = list(batch or config.get("batch") or ())
-    torch.set_num_threads(pick(threads, "threads", default_threads()))
+    limit_cpu_threads(pick(threads, "threads", default_threads()))
 
     discovered = discover(paths)  # a missing path is a usage error before any work
     files = discovered.files
