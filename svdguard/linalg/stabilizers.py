@@ -180,7 +180,10 @@ class Stabilizer(Protocol):
         ...
 
     def inner(self, ctx: BackwardContext) -> torch.Tensor:
-        """X (..., k, k): off-diagonal entries and the complex phase diagonal."""
+        """X (..., k, k): off-diagonal entries and the complex phase diagonal.
+
+        A new tensor that the caller owns: the backward adds diag(gS) into it in place.
+        """
         ...
 
     def inverse_singular_values(
@@ -273,9 +276,7 @@ def exact_sum_part(ctx: BackwardContext) -> torch.Tensor:
     _, jk_diff = ctx.split
     s_i, s_j = pair_grids(ctx.s)
     sigma2 = (s_i + s_j) * 2
-    keep = (sigma2 > 2 * ctx.tau) | rounding_terms_kept(
-        jk_diff, ctx.summands, sigma2, ctx.sigma_max, ctx.upstream_scale
-    )
+    keep = _kept(ctx, jk_diff, sigma2, sigma2 > 2 * ctx.tau)
     return jk_diff * masked_reciprocal(sigma2, keep)
 
 
@@ -288,10 +289,54 @@ def auto_difference_part(ctx: BackwardContext) -> torch.Tensor:
     jk_sum, _ = ctx.split
     s_i, s_j = pair_grids(ctx.s)
     d2 = (s_j - s_i) * 2
-    keep = (d2.abs() > 2 * ctx.tau) | rounding_terms_kept(
-        jk_sum, ctx.summands, d2, ctx.sigma_max, ctx.upstream_scale
-    )
+    keep = _kept(ctx, jk_sum, d2, d2.abs() > 2 * ctx.tau)
     return jk_sum * masked_reciprocal(d2, keep)
+
+
+def _kept(
+    ctx: BackwardContext, numerator: torch.Tensor, denominator: torch.Tensor, above: torch.Tensor
+) -> torch.Tensor:
+    """``above`` (den > τ), or else the rounding rule: the mask of the terms kept.
+
+    When values can be read, the rule is evaluated only on the few pairs at rounding
+    level (the diagonal, ties, zero values): the same mask as evaluating it on the whole
+    k×k grid, without the dozen extra k×k passes. Under torch.func.vmap it runs on the
+    grid. Either way the mask is a constant for autograd.
+    """
+    if not ctx.values_visible or torch._C._functorch.is_functorch_wrapped_tensor(numerator):
+        # Under a torch.func transform (jacrev batches the upstream gradients even where
+        # the singular values are plain) data-dependent indexing is not allowed: the grid.
+        rule = rounding_terms_kept(
+            numerator, ctx.summands, denominator, ctx.sigma_max, ctx.upstream_scale
+        )
+        return above | rule
+    where = (~above).nonzero(as_tuple=True)
+    if where[0].numel() == 0:
+        return above
+    summands = _summands_at(ctx, where)
+    rule = rounding_terms_kept(
+        numerator.detach()[where],
+        summands,
+        denominator.detach()[where],
+        ctx.sigma_max.expand_as(denominator)[where],
+        ctx.upstream_scale.expand_as(denominator)[where],
+    )
+    keep = above.clone()
+    keep[where] = rule
+    return keep
+
+
+def _summands_at(ctx: BackwardContext, where: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """:attr:`BackwardContext.summands` at the index tuple ``where`` only (|M_ij| + |M_ji| + …)."""
+    total: torch.Tensor | None = None
+    for x in (ctx.uh_gu, ctx.vh_gv):
+        if x is not None:
+            a = x.detach()
+            part = a[where].abs() + a.mT[where].abs()
+            total = part if total is None else total + part
+    if total is None:
+        raise ValueError("the inner matrix needs Uᴴ gU or Vᴴ gV")
+    return total
 
 
 def auto_inverse_singular_values(

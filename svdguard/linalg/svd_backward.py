@@ -69,7 +69,9 @@ def svd_backward(
     else:
         inner = stabilizer.inner(ctx)
         if gS is not None:
-            inner = inner + torch.diag_embed(gS.to(inner.dtype))
+            # X + diag(gS), written into X's diagonal: X is a fresh tensor (no other op
+            # holds it), so the in-place add saves a k×k pass and double backward still works.
+            inner.diagonal(dim1=-2, dim2=-1).add_(gS.to(inner.dtype))
 
     grad = U @ (inner @ Vh) if inner is not None else None
 

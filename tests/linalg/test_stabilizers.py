@@ -439,3 +439,24 @@ def test_reconstruction_gradient_is_w_for_every_rank_deficient_matrix(m, n, rank
     got = grad_of(spectral_loss(w, lambda s: s), a, thin)
     assert torch.isfinite(got).all()
     assert relative_error(got.double(), w.double()) <= exactness_tolerance(dtype)
+
+
+@pytest.mark.parametrize("case", sorted(RANK_DEFICIENT))
+def test_rounding_rule_on_the_few_pairs_equals_the_rule_on_the_grid(case):
+    """With values readable the rule runs only on the pairs at rounding level; otherwise (under
+    torch.func) on the whole k×k grid. Both must keep the same terms: identical parts."""
+    from svdguard.linalg.stabilizers import BackwardContext, auto_difference_part
+
+    values, m, n = RANK_DEFICIENT[case]
+    a = with_singular_values(values, m, n, seed=21)
+    U, S, Vh = torch.linalg.svd(a, full_matrices=False)
+    w = random_matrix(m, n, seed=22)
+    gU = w @ Vh.mT * S.unsqueeze(-2)  # the upstream gradients of ⟨W, U diag(S) Vᴴ⟩ …
+    gVh = (U.mT @ w) * S.unsqueeze(-1)
+    gU = gU + random_matrix(m, S.shape[-1], seed=23)  # … plus a part that does not vanish
+    parts = {}
+    for visible in (True, False):
+        ctx = BackwardContext(S, m, n, U.mT @ gU, Vh @ gVh.mT, gU, gVh, values_visible=visible)
+        parts[visible] = (auto_difference_part(ctx), exact_sum_part(ctx))
+    assert torch.equal(parts[True][0], parts[False][0])
+    assert torch.equal(parts[True][1], parts[False][1])
