@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from svdguard.linalg.stabilizers import Stabilizer
     from svdguard.linalg.svd import METHODS, svd, svdvals
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "METHODS",

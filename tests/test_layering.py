@@ -268,3 +268,15 @@ def test_public_api():
         and issubclass(getattr(errors, name), (errors.SvdguardError, Warning))
     }
     assert raised <= set(svdguard.__all__)
+
+
+def test_the_package_and_its_metadata_state_one_version():
+    import pytest
+
+    import svdguard
+
+    tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
+    assert svdguard.__version__ == declared
