@@ -480,8 +480,8 @@ def report_from_spectrum(
     """
     judgement = judgement or Judgement()
     m, n = subject.matrix_shape
-    s = s.to(dtype=torch.float64, device="cpu").numpy()
-    x = _spectrum_numbers(s, m, n, subject.dtype, computed_in, judgement.gap_rtol)
+    values = s.to(dtype=torch.float64, device="cpu").numpy()
+    x = _spectrum_numbers(values, m, n, subject.dtype, computed_in, judgement.gap_rtol)
     return MatrixReport(
         name=subject.name,
         path=subject.path,
@@ -511,7 +511,7 @@ def report_from_spectrum(
         stable_rank=x.stable_rank,
         effective_rank=x.effective_rank,
         sketch=x.sketch,
-        singular_values=tuple(s.tolist()) if keep_spectrum else None,
+        singular_values=tuple(values.tolist()) if keep_spectrum else None,
         findings=_findings(x, m, n, subject.dtype, computed_in, judgement),
     )
 
