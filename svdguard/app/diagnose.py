@@ -203,6 +203,7 @@ def _spectrum_numbers(
         noise_floor = tolerances.noise_floor(storage, sigma_max)
         below = int(np.count_nonzero(s <= noise_floor))
     stable, effective, sketch = _ranks_and_sketch(s)
+    as_tensor = torch.from_numpy(s)  # shares the memory
     return _Numbers(
         sigma_max=sigma_max,
         sigma_min=sigma_min,
@@ -215,8 +216,8 @@ def _spectrum_numbers(
         min_pair_gap=min_pair_gap,
         tie_tol=tie_tol,
         near_tol=near_tol,
-        tied_pairs=count_close_pairs(s, tie_tol),
-        near_pairs=count_close_pairs(s, near_tol) if near_tol > 0 else 0,
+        tied_pairs=count_close_pairs(as_tensor, tie_tol),
+        near_pairs=count_close_pairs(as_tensor, near_tol) if near_tol > 0 else 0,
         vector_error_bound=bound,
         noise_floor=noise_floor,
         below_noise_floor=below,
@@ -480,7 +481,7 @@ def report_from_spectrum(
     """
     judgement = judgement or Judgement()
     m, n = subject.matrix_shape
-    values = s.to(dtype=torch.float64, device="cpu").numpy()
+    values = s.detach().to(dtype=torch.float64, device="cpu").numpy()
     x = _spectrum_numbers(values, m, n, subject.dtype, computed_in, judgement.gap_rtol)
     return MatrixReport(
         name=subject.name,

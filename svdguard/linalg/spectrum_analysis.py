@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from svdguard.errors import InputError, NumericalError
@@ -77,18 +76,16 @@ def analysis_dtype(storage: torch.dtype, precision: torch.dtype) -> torch.dtype:
     return precision
 
 
-def count_close_pairs(s: torch.Tensor | np.ndarray, tol: float) -> int:
+def count_close_pairs(s: torch.Tensor, tol: float) -> int:
     """#{(i, j) : i < j, |s_i − s_j| ≤ tol} for descending ``s`` of shape (k,), in O(k log k).
 
     For each i, the values within [s_i − tol, s_i + tol] are a contiguous run of
     the sorted spectrum; two binary searches count them (s_i itself included,
     hence the −1), and every pair is counted from both ends (hence the /2).
-    A CPU tensor is viewed as a numpy array (no copy): two searches, no per-op overhead.
     """
-    values = s.detach().cpu().numpy() if isinstance(s, torch.Tensor) else np.asarray(s)
-    ascending = values[::-1]
-    upper = np.searchsorted(ascending, values + tol, side="right")
-    lower = np.searchsorted(ascending, values - tol, side="left")
+    ascending = s.flip(0).contiguous()
+    upper = torch.searchsorted(ascending, s + tol, right=True)
+    lower = torch.searchsorted(ascending, s - tol, right=False)
     return int((upper - lower - 1).sum()) // 2
 
 
