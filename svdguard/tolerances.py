@@ -64,7 +64,7 @@ def tie_tolerance(sigma_max: torch.Tensor, dtype: torch.dtype, m: int, n: int) -
 
 def rounding_level(sigma_max: float, dtype: torch.dtype, m: int, n: int) -> float:
     """:func:`tie_tolerance` of one matrix, as a float: max(m, n) · ε(dtype) · σ_max."""
-    return float(tie_tolerance(torch.tensor(sigma_max, dtype=torch.float64), dtype, m, n))
+    return float(sigma_max) * (max(m, n, 1) * machine_eps(dtype))  # the same float64 product
 
 
 def gauge_tolerance(dtype: torch.dtype) -> float:

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+import numpy as np
 import torch
 
 from svdguard import tolerances
@@ -38,7 +39,6 @@ from svdguard.app.report import Finding, Flag, MatrixReport, Profile, Severity
 from svdguard.app.rules import PROFILE_RULES, RuleSelection
 from svdguard.errors import InputError
 from svdguard.linalg.matrix_input import check_matrix
-from svdguard.linalg.spectrum import singular_gaps
 from svdguard.linalg.spectrum_analysis import (
     PRECISIONS,
     as_matrix,
@@ -133,37 +133,41 @@ SKETCH_POINTS = 12
 
 
 def _ranks_and_sketch(
-    s: torch.Tensor,
+    s: np.ndarray,
 ) -> tuple[float | None, float | None, tuple[float, ...] | None]:
     """Stable rank Σs²/s_1², effective rank exp(entropy of s/Σs), and the log-spectrum sketch.
 
     O(k) on the spectrum already computed: no further decomposition.
     """
-    if s.numel() == 0 or float(s[0]) == 0.0:
+    if s.size == 0 or float(s[0]) == 0.0:
         return None, None, None
-    stable = float((s / s[0]).square().sum())
+    stable = float(np.square(s / s[0]).sum())
     p = s / s.sum()
     nonzero = p[p > 0]
-    effective = math.exp(float(-(nonzero * nonzero.log()).sum()))
-    k = s.numel()
+    effective = math.exp(float(-(nonzero * np.log(nonzero)).sum()))
+    k = s.size
     picks = sorted({round(i * (k - 1) / (SKETCH_POINTS - 1)) for i in range(SKETCH_POINTS)})
-    tiny = torch.finfo(torch.float64).tiny
-    points = (s[picks] / s[0]).clamp_min(tiny).log10()  # one tensor op, not one per point
+    tiny = np.finfo(np.float64).tiny
+    points = np.log10(np.maximum(s[picks] / s[0], tiny))  # one vector op, not one per point
     sketch = tuple(points.tolist())
     return stable, effective, sketch
 
 
 def _spectrum_numbers(
-    s: torch.Tensor,
+    s: np.ndarray,
     m: int,
     n: int,
     storage: torch.dtype,
     computed_in: torch.dtype,
     gap_rtol: float | None,
 ) -> _Numbers:
-    """Every number of the report from the float64 spectrum ``s`` (k,) of an m×n matrix."""
+    """Every number of the report from the float64 spectrum ``s`` (k,) of an m×n matrix.
+
+    numpy on the float64 values: a handful of vector operations per matrix, so that
+    a checkpoint of many small matrices costs little beyond their decompositions.
+    """
     working = tolerances.compute_dtype(storage)
-    k = s.numel()
+    k = s.size
     sigma_max, sigma_min = float(s[0]), float(s[-1])
     # κ₂ = σ_max/σ_min; the computation resolves σ_min only above its own rounding level
     # τ_p = max(m, n)·ε_p·σ_max, and the true σ_min ≤ computed + τ_p: κ₂ ≥ σ_max/(σ_min + τ_p).
@@ -174,7 +178,7 @@ def _spectrum_numbers(
     resolvable = sigma_min + computed_rounding
     cond_lower_bound = sigma_max / resolvable if sigma_max > 0 and resolvable > 0 else math.inf
     rank_tol = tolerances.inspect_rank_tolerance(sigma_max, working, computed_in, m, n)
-    rank = int((s > rank_tol).sum())
+    rank = int(np.count_nonzero(s > rank_tol))
     # Thresholds are those of the float64 analysis; a coarser precision only widens the margin.
     tie_tol = tolerances.reference_tie_tolerance(sigma_max, working, m, n)
     if gap_rtol is None:
@@ -182,20 +186,24 @@ def _spectrum_numbers(
     else:
         near_tol = gap_rtol * sigma_max
     near_tol = max(near_tol, tie_tol) if gap_rtol != 0 else 0.0
-    gaps = singular_gaps(s, m, n)
-    min_gap = float(gaps.min())
+    # min_i gap_i, gap_i as xDISNA's (svdguard.linalg.spectrum.singular_gaps): the smallest
+    # step between neighbours, and for m ≠ n also the smallest value s_k; ∞ for one value.
+    min_pair_gap = float((s[:-1] - s[1:]).min()) if k > 1 else None
+    min_gap = math.inf if min_pair_gap is None else min_pair_gap
+    if m != n:
+        min_gap = min(min_gap, sigma_min)
     # gap/σ_max is 0/0 for the zero matrix: undefined, reported as None.
     rel_min_gap = min_gap / sigma_max if sigma_max > 0 else None
     bound = None
     if rel_min_gap is not None:
         eps_w = tolerances.machine_eps(working)
         bound = eps_w / rel_min_gap if rel_min_gap > 0 else math.inf
-    min_pair_gap = float((s[:-1] - s[1:]).min()) if k > 1 else None
     noise_floor = below = None
     if storage.is_floating_point and torch.finfo(storage).bits < 32:
         noise_floor = tolerances.noise_floor(storage, sigma_max)
-        below = int((s <= noise_floor).sum())
+        below = int(np.count_nonzero(s <= noise_floor))
     stable, effective, sketch = _ranks_and_sketch(s)
+    as_tensor = torch.from_numpy(s)  # shares the memory
     return _Numbers(
         sigma_max=sigma_max,
         sigma_min=sigma_min,
@@ -208,8 +216,8 @@ def _spectrum_numbers(
         min_pair_gap=min_pair_gap,
         tie_tol=tie_tol,
         near_tol=near_tol,
-        tied_pairs=count_close_pairs(s, tie_tol),
-        near_pairs=count_close_pairs(s, near_tol) if near_tol > 0 else 0,
+        tied_pairs=count_close_pairs(as_tensor, tie_tol),
+        near_pairs=count_close_pairs(as_tensor, near_tol) if near_tol > 0 else 0,
         vector_error_bound=bound,
         noise_floor=noise_floor,
         below_noise_floor=below,
@@ -473,8 +481,8 @@ def report_from_spectrum(
     """
     judgement = judgement or Judgement()
     m, n = subject.matrix_shape
-    s = s.to(dtype=torch.float64, device="cpu")
-    x = _spectrum_numbers(s, m, n, subject.dtype, computed_in, judgement.gap_rtol)
+    values = s.detach().to(dtype=torch.float64, device="cpu").numpy()
+    x = _spectrum_numbers(values, m, n, subject.dtype, computed_in, judgement.gap_rtol)
     return MatrixReport(
         name=subject.name,
         path=subject.path,
@@ -504,7 +512,7 @@ def report_from_spectrum(
         stable_rank=x.stable_rank,
         effective_rank=x.effective_rank,
         sketch=x.sketch,
-        singular_values=tuple(s.tolist()) if keep_spectrum else None,
+        singular_values=tuple(values.tolist()) if keep_spectrum else None,
         findings=_findings(x, m, n, subject.dtype, computed_in, judgement),
     )
 

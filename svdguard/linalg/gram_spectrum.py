@@ -176,27 +176,32 @@ def gram_eigenvalues(matrix: torch.Tensor) -> tuple[torch.Tensor, float]:
     return torch.from_numpy(lam_np), scale
 
 
-def gram_certified(s: torch.Tensor, delta: float, floor: float, rtol: float) -> bool:
+def gram_certified(s: torch.Tensor | np.ndarray, delta: float, floor: float, rtol: float) -> bool:
     """True when singular values ``s`` (descending), each known to within e_i, pass the certificate.
 
     e_i = min(δ/ŝ_i, √δ) bounds |ŝ_i − s_i| when |λ̂_i − s_i²| ≤ δ (module docstring).
     Kept when ŝ_k² ≥ δ (σ_min stands above the Gram matrix's rounding), e_1, e_k ≤
     max(rtol/2·ŝ, floor) (κ to about rtol) and, for every neighbouring pair,
     e_i + e_{i+1} ≤ max(rtol·(ŝ_i − ŝ_{i+1}), floor).
+
+    Evaluated with numpy on the float64 values (a CPU tensor is viewed, not copied):
+    a few vector operations, so that small matrices pay no per-operation overhead.
     """
-    if not bool(torch.isfinite(s).all()) or float(s[-1]) ** 2 < delta:
+    a = np.asarray(s, dtype=np.float64)
+    if not np.isfinite(a).all() or float(a[-1]) ** 2 < delta:
         return False
-    root = math.sqrt(delta)
-    positive = s > 0
-    err = torch.where(positive, delta / torch.where(positive, s, 1.0), torch.inf).clamp(max=root)
-    ends = torch.stack([err[0], err[-1]])
-    allowed = torch.clamp(rtol / 2 * torch.stack([s[0], s[-1]]), min=floor)
-    if not bool((ends <= allowed).all()):
+    if delta == 0.0:  # the zero matrix, or δ underflowed: every e_i = min(δ/ŝ_i, √δ) = 0
+        err = np.zeros_like(a)
+    else:  # σ_min² ≥ δ > 0, so every ŝ_i > 0
+        err = np.minimum(delta / a, math.sqrt(delta))
+    if float(err[0]) > max(rtol / 2 * float(a[0]), floor):
         return False
-    if s.numel() < 2:
+    if float(err[-1]) > max(rtol / 2 * float(a[-1]), floor):
+        return False
+    if a.size < 2:
         return True
-    gaps = s[:-1] - s[1:]
-    return bool((err[:-1] + err[1:] <= torch.clamp(rtol * gaps, min=floor)).all())
+    allowed = np.maximum(rtol * (a[:-1] - a[1:]), floor)
+    return bool((err[:-1] + err[1:] <= allowed).all())
 
 
 def gram_singular_values(matrix: torch.Tensor, storage: torch.dtype) -> torch.Tensor | None:
@@ -215,12 +220,15 @@ def gram_singular_values(matrix: torch.Tensor, storage: torch.dtype) -> torch.Te
         lam, scale = gram_eigenvalues(matrix)
     except (np.linalg.LinAlgError, RuntimeError):
         return None
-    if not bool(torch.isfinite(lam).all()):
+    values = lam.numpy()
+    if not np.isfinite(values).all():
         return None
-    s = lam.clamp(min=0).sqrt()  # of the scaled matrix: the certificate is scale-invariant
+    s = np.sqrt(np.maximum(values, 0.0))  # of the scaled matrix: the certificate is scale-invariant
     sigma_max = float(s[0])
     delta = tolerances.gram_eigenvalue_error(sigma_max, k)
     floor = tolerances.spectrum_storage_floor(storage, sigma_max)
     if not gram_certified(s, delta, floor, tolerances.spectrum_report_rtol()):
         return None
-    return s / scale
+    if scale != 1.0:
+        s /= scale
+    return torch.from_numpy(s)

@@ -523,3 +523,15 @@ def test_json_findings_keep_the_library_words_and_the_table_adds_flags(tmp_path:
     assert "--" not in finding["message"]
     table = run(str(path)).stdout
     assert "(threshold: --max-cond)" in table
+
+
+def test_inspect_leaves_the_garbage_collector_running(tmp_path):
+    """The collector is paused only while the command's modules load."""
+    import gc
+
+    path = tmp_path / "w.npy"
+    np.save(path, np.eye(3))
+    assert gc.isenabled()
+    result = CliRunner().invoke(app, ["inspect", str(path), "--format", "json"])
+    assert result.exit_code in (0, 1), result.output
+    assert gc.isenabled()

@@ -216,6 +216,25 @@ def test_certificate_closed_forms():
     assert not gram_certified(nan, 1e-12, 1.0, 1e-6)
 
 
+def test_certificate_takes_numpy_arrays_and_a_zero_delta():
+    """The same verdicts for a tensor and its numpy array; δ = 0 makes every e_i = 0."""
+    cases = [
+        ([1.0, 0.5, 1e-2], 1e-10, 0.0, 1e-5),
+        ([1.0, 0.5, 1e-2], 1e-10, 0.0, 1e-6),
+        ([1.0, 0.5, 0.5 - 1e-9, 0.4], 1e-10, 0.0, 1e-6),
+        ([1.0, 0.0], 1e-12, 0.0, 1e-6),
+    ]
+    for values, delta, floor, rtol in cases:
+        s = torch.tensor(values, dtype=torch.float64)
+        assert gram_certified(s.numpy(), delta, floor, rtol) == gram_certified(
+            s, delta, floor, rtol
+        )
+    # The zero matrix: δ = c·√k·ε·0² = 0, e_i = min(0/ŝ_i, 0) = 0 ≤ every allowance.
+    assert gram_certified(np.zeros(3), 0.0, 0.0, 1e-6)
+    # One value: only the ends are checked; e_1 = min(δ/2, √δ) = 5e-11 ≤ rtol/2·2 = 1e-6.
+    assert gram_certified(np.array([2.0]), 1e-10, 0.0, 1e-6)
+
+
 def test_ill_conditioned_float32_is_served_within_the_storage_bound():
     """κ = 1e4 in float32 storage: the Gram route serves it, κ₂ within max(RTOL, u₃₂·κ₂)."""
     values = torch.logspace(0, -4, 64, dtype=torch.float64)
