@@ -265,6 +265,26 @@ def _table(
     return table
 
 
+def _print_whole(console: Console, table: Table) -> None:
+    """Print ``table`` with no cell cut: wider than the console if it must be.
+
+    Rich never renders wider than ``console.width`` (a ``width=`` argument only narrows),
+    so a table still too wide after hiding columns and shortening names (a pipe never
+    shortens names) is printed on a console widened for the call: lines overflow, cells
+    stay whole.
+    """
+    width = natural_width(console, table)
+    if width <= console.width:
+        console.print(table)
+        return
+    saved = console.width
+    console.width = width
+    try:
+        console.print(table)
+    finally:
+        console.width = saved
+
+
 def natural_width(console: Console, table: Table) -> int:
     """The width the table takes when nothing limits it."""
     unbounded = console.options.update(max_width=UNBOUNDED_WIDTH)
@@ -407,12 +427,10 @@ def print_table(
     if shown:
         if fit_to_console:
             table, hidden = fitted_table(console, shown, single_file, title)
-            width = natural_width(console, table)
-            # Still too wide (a pipe never shortens names): overflow rather than cut a cell.
-            console.print(table, width=width if width > console.width else None)
+            _print_whole(console, table)
         else:
             table, hidden = _table([_cells(r, single_file) for r in shown], title), []
-            console.print(table, width=natural_width(console, table))
+            _print_whole(console, table)
         console.print(Text(LEGEND, style="dim"), soft_wrap=True)
         if hidden:
             console.print(
