@@ -211,7 +211,26 @@ class Trivialize(Auto):
 
 
 @dataclass(frozen=True)
-class Clamp(_Common):
+class _WithEps(_Common):
+    """A stabilizer with one parameter, ``eps``: the value given, or a default scaled by σ_max."""
+
+    eps: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_eps(self.eps)
+
+    def default_eps(self, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        raise NotImplementedError
+
+    def eps_for(self, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``eps`` per matrix, shaped like ``scale`` (σ_max, (..., 1, 1))."""
+        if self.eps is None:
+            return self.default_eps(scale, dtype)
+        return torch.full_like(scale, self.eps)
+
+
+@dataclass(frozen=True)
+class Clamp(_WithEps):
     """Clamped difference part, exact sum part: 1/d → 1/d̃, d̃ = sign(d)·max(|d|, eps).
 
     X_ij = (J+K)_ij / (2 d̃_ij) + exact sum part (auto's rule); an exact tie takes
@@ -226,15 +245,9 @@ class Clamp(_Common):
     """
 
     name: ClassVar[str] = "clamp"
-    eps: float | None = None
 
-    def __post_init__(self) -> None:
-        _check_eps(self.eps)
-
-    def eps_for(self, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if self.eps is None:
-            return default_clamp_eps(scale, dtype)
-        return torch.full_like(scale, self.eps)
+    def default_eps(self, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return default_clamp_eps(scale, dtype)
 
     def inverse_differences(
         self, values: torch.Tensor, scale: torch.Tensor, tau: torch.Tensor
@@ -298,7 +311,7 @@ class Seed(Clamp):
 
 
 @dataclass(frozen=True)
-class Lorentz(_Common):
+class Lorentz(_WithEps):
     """Lorentzian broadening (Liao et al. 2019) of the difference part only: 1/d → d/(d² + eps).
 
     X_ij = (J+K)_ij d_ij / (2 (d_ij² + eps)) + exact sum part (auto's rule);
@@ -308,15 +321,9 @@ class Lorentz(_Common):
     """
 
     name: ClassVar[str] = "lorentz"
-    eps: float | None = None
 
-    def __post_init__(self) -> None:
-        _check_eps(self.eps)
-
-    def eps_for(self, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if self.eps is None:
-            return default_lorentz_eps(scale, dtype)
-        return torch.full_like(scale, self.eps)
+    def default_eps(self, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return default_lorentz_eps(scale, dtype)
 
     def inverse_differences(
         self, values: torch.Tensor, scale: torch.Tensor, tau: torch.Tensor
