@@ -38,7 +38,12 @@ import numpy as np
 import torch
 
 from svdguard.errors import InputError
-from svdguard.io.writers import forget_temporary, track_temporary
+from svdguard.io.writers import (
+    current_umask,
+    default_file_mode,
+    forget_temporary,
+    track_temporary,
+)
 
 #: Bytes copied per read/write step: large enough for full disk bandwidth, small against RAM.
 COPY_CHUNK_BYTES = 8 * 2**20
@@ -135,17 +140,6 @@ def check_target(target: Path, *, force: bool, inputs: Sequence[Path], directory
                 )
 
 
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def _default_mode() -> int:
-    """0o666 less the umask: the mode open() gives a new file (mkstemp gives 0o600)."""
-    return 0o666 & ~_umask()
-
-
 def _remove(path: Path) -> None:
     with contextlib.suppress(OSError):
         if path.is_dir() and not path.is_symlink():
@@ -169,7 +163,7 @@ def atomic_file(target: Path, *, force: bool, inputs: Sequence[Path]) -> Iterato
     track_temporary(temporary)  # removed by discard_temporaries if the process is interrupted
     try:
         yield temporary
-        os.chmod(temporary, _default_mode())
+        os.chmod(temporary, default_file_mode())
         _fsync(temporary)
         check_target(target, force=force, inputs=inputs, directory=False)
         os.replace(temporary, target)
@@ -201,9 +195,9 @@ def atomic_directory(target: Path, *, force: bool, inputs: Sequence[Path]) -> It
     aside: Path | None = None
     try:
         yield temporary
-        os.chmod(temporary, 0o777 & ~_umask())
+        os.chmod(temporary, 0o777 & ~current_umask())
         for child in temporary.iterdir():
-            os.chmod(child, _default_mode())
+            os.chmod(child, default_file_mode())
             _fsync(child)
         check_target(target, force=force, inputs=inputs, directory=True)
         if target.exists() or target.is_symlink():

@@ -102,11 +102,16 @@ def check_output(
     return target
 
 
-def _default_mode() -> int:
-    """0o666 less the umask: the mode open() would give a new file (mkstemp gives 0o600)."""
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def default_file_mode() -> int:
+    """0o666 less the umask: the mode open() would give a new file (mkstemp gives 0o600)."""
+    return 0o666 & ~current_umask()
 
 
 def _remove(path: Path) -> None:
@@ -207,7 +212,7 @@ def atomic_output(
 def _publish(temporary: Path, target: Path, *, force: bool) -> None:
     """Give the finished temporary file its final mode and name (after syncing it to disk)."""
     # A writer may have replaced the file, and mkstemp's 0o600 is not what open() gives.
-    os.chmod(temporary, _default_mode())
+    os.chmod(temporary, default_file_mode())
     with open(temporary, "rb") as written:
         os.fsync(written.fileno())  # the data is on disk before the name points at it
     if force:
