@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from svdguard import tolerances
+from svdguard.linalg.scaling import largest_magnitude, power_of_two_scale
 
 __all__ = ["gram_certified", "gram_singular_values", "gram_eigenvalues"]
 
@@ -63,31 +64,6 @@ __all__ = ["gram_certified", "gram_singular_values", "gram_eigenvalues"]
 #: inside it, B = AᴴA can neither overflow (σ_max² ≤ m·n·2^800 ≪ 1.8e308 for any array that
 #: fits in memory) nor lose more to underflow than δ (products below 2^-1022 are ≪ ε·σ_max²).
 SAFE_EXPONENT = 400
-
-
-def _power_of_two_scale(biggest: float) -> float:
-    """2^-e with 2^(e-1) ≤ biggest < 2^e, or 1 when ``biggest`` is already in the safe range."""
-    if biggest == 0.0 or not math.isfinite(biggest):
-        return 1.0
-    exponent = math.frexp(biggest)[1]
-    if abs(exponent) <= SAFE_EXPONENT:
-        return 1.0
-    # 2^-e itself must be a finite normal number: for a subnormal max|a_ij| (e < −1021) a
-    # shift of 2^1021 already brings the entries into the safe range.
-    return math.ldexp(1.0, max(-MAX_SHIFT, min(MAX_SHIFT, -exponent)))
-
-
-#: The largest power-of-two shift applied: 2^±1021 are finite normal float64 numbers.
-MAX_SHIFT = 1021
-
-
-def _largest_magnitude(matrix: torch.Tensor) -> float:
-    """max|a_ij|; for a real matrix from amax and amin, which allocate nothing."""
-    if matrix.numel() == 0:
-        return 0.0
-    if matrix.is_complex() or torch.finfo(matrix.dtype).bits == 8:
-        return float(matrix.abs().max())
-    return max(abs(float(matrix.amax())), abs(float(matrix.amin())))
 
 
 #: Bytes of the float64 block the CPU Gram route converts at a time: the memory it needs
@@ -159,7 +135,11 @@ def gram_eigenvalues(matrix: torch.Tensor) -> tuple[torch.Tensor, float]:
     wide = matrix.shape[-2] < matrix.shape[-1]
     # Entries of ≤ 32-bit dtypes lie within 2^±150: only 64-bit ones can need a rescaling.
     wide_range = torch.finfo(tolerances.real_dtype(matrix.dtype)).bits >= 64
-    scale = _power_of_two_scale(_largest_magnitude(matrix)) if wide_range else 1.0
+    scale = (
+        power_of_two_scale(largest_magnitude(matrix), safe_exponent=SAFE_EXPONENT)
+        if wide_range
+        else 1.0
+    )
     if matrix.is_complex() or matrix.device.type != "cpu":
         a = matrix.to(torch.complex128 if matrix.is_complex() else torch.float64)
         if scale != 1.0:

@@ -16,13 +16,13 @@ Torch only: no files, no findings, no messages for a command line (those are
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from svdguard.errors import InputError, NumericalError
 from svdguard.linalg.gram_spectrum import gram_singular_values
+from svdguard.linalg.scaling import largest_magnitude, power_of_two_scale
 
 __all__ = [
     "CUDA_DRIVERS",
@@ -119,14 +119,6 @@ def tall(a: torch.Tensor) -> torch.Tensor:
     return a.mT if a.shape[-2] < a.shape[-1] else a
 
 
-def _power_of_two_scale(a: torch.Tensor) -> float:
-    """2^-e with 2^(e-1) ≤ max|a_ij| < 2^e: an exact scaling that brings entries into [½, 1)."""
-    biggest = float(a.abs().max()) if a.numel() else 0.0
-    if biggest == 0.0 or not math.isfinite(biggest):
-        return 1.0
-    return math.ldexp(1.0, -math.frexp(biggest)[1])
-
-
 def singular_values(
     matrix: torch.Tensor,
     *,
@@ -166,7 +158,7 @@ def singular_values(
     failures: list[str] = []
     for dtype, driver, rescale in attempts:
         a = tall(matrix).to(device=target, dtype=dtype)
-        scale = _power_of_two_scale(a) if rescale else 1.0
+        scale = power_of_two_scale(largest_magnitude(a)) if rescale else 1.0
         if scale != 1.0:
             a = a * scale
         elif narrows(matrix.dtype, dtype) and not all_finite(a):
